@@ -1,0 +1,80 @@
+//! What the server is doing right now: syncs in flight and the products they have received.
+//! Operators read it as a gauge; tests wait on it instead of sleeping ("the server has
+//! received 10,000 products, cancel now").
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// A moment's view of the work in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActivitySnapshot {
+    /// Syncs whose stream is open or whose merge is running.
+    pub syncs_in_flight: u64,
+    /// Products received by those syncs so far.
+    pub products_in_flight: u64,
+}
+
+/// Shared tracker of work in flight.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    state: Arc<watch::Sender<ActivitySnapshot>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            state: Arc::new(watch::Sender::new(ActivitySnapshot::default())),
+        }
+    }
+}
+
+impl Activity {
+    /// The current view.
+    pub fn snapshot(&self) -> ActivitySnapshot {
+        *self.state.borrow()
+    }
+
+    /// Waits until `condition` holds for the view.
+    pub async fn wait_until(&self, condition: impl FnMut(&ActivitySnapshot) -> bool) {
+        let mut receiver = self.state.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(condition).await;
+    }
+
+    /// Counts a sync as in flight until the returned guard is dropped.
+    pub fn start_sync(&self) -> SyncInFlight {
+        self.state.send_modify(|state| state.syncs_in_flight += 1);
+        SyncInFlight {
+            activity: self.clone(),
+            products: 0,
+        }
+    }
+}
+
+/// One sync in flight; dropping it takes the sync and its products off the books.
+#[derive(Debug)]
+pub struct SyncInFlight {
+    activity: Activity,
+    products: u64,
+}
+
+impl SyncInFlight {
+    /// Records that the sync received `count` more products.
+    pub fn received(&mut self, count: u64) {
+        self.products += count;
+        self.activity
+            .state
+            .send_modify(|state| state.products_in_flight += count);
+    }
+}
+
+impl Drop for SyncInFlight {
+    fn drop(&mut self) {
+        let products = self.products;
+        self.activity.state.send_modify(|state| {
+            state.syncs_in_flight -= 1;
+            state.products_in_flight -= products;
+        });
+    }
+}

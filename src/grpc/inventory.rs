@@ -1,0 +1,182 @@
+//! The `inventory.v1.InventorySync` service.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::convert::micros_from_timestamp;
+use super::status::invalid_field;
+use crate::pb;
+use crate::pb::inventory_sync_server::InventorySync;
+use crate::store::{Database, ProductFilter, ProductKey};
+use crate::sync::{SyncEngine, SyncOptions, Violation};
+
+/// Products read from the database per query while listing.
+const LIST_PAGE_SIZE: i64 = 500;
+/// Products buffered between the database and a slow reader of a listing.
+const LIST_BUFFER: usize = 256;
+
+/// Serves syncs and reads of one database.
+#[derive(Debug, Clone)]
+pub struct InventoryService {
+    engine: SyncEngine,
+    database: Database,
+}
+
+impl InventoryService {
+    pub fn new(engine: SyncEngine, database: Database) -> Self {
+        InventoryService { engine, database }
+    }
+}
+
+type ProductStream = Pin<Box<dyn Stream<Item = Result<pb::Product, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl InventorySync for InventoryService {
+    async fn sync(
+        &self,
+        request: Request<Streaming<pb::SyncRequest>>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| {
+            invalid_field(
+                "header",
+                "the stream ended before its first message; the first message must carry the header",
+            )
+        })?;
+        let header = first.header.ok_or_else(|| {
+            invalid_field("header", "the first message of a sync must carry the header")
+        })?;
+        let options = SyncOptions::try_from(header)?;
+        let mut session = self.engine.begin(options).await?;
+        let span = session.span().clone();
+
+        async move {
+            session.receive(first.products).await?;
+            let mut message_number = 1u64;
+            while let Some(message) = stream.message().await? {
+                message_number += 1;
+                if message.header.is_some() {
+                    session.reject(Violation::new(
+                        "header",
+                        format!(
+                            "message {message_number} of the stream carries a header; only the first may"
+                        ),
+                    ));
+                }
+                session.receive(message.products).await?;
+            }
+            let summary = session.finish().await?;
+            Ok(Response::new(summary.into()))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
+        let request = request.into_inner();
+        check_store_id(request.store_id)?;
+        let key = match request.key {
+            Some(pb::get_product_request::Key::ExternalId(id)) if !id.is_empty() => {
+                ProductKey::ExternalId(id)
+            }
+            Some(pb::get_product_request::Key::Barcode(code)) if !code.is_empty() => {
+                ProductKey::Barcode(code)
+            }
+            _ => {
+                return Err(invalid_field(
+                    "key",
+                    "set external_id or barcode to the product to look up",
+                ));
+            }
+        };
+        match self.database.product(request.store_id, &key).await? {
+            Some(record) => Ok(Response::new(record.into())),
+            None => {
+                let (field, value) = match &key {
+                    ProductKey::ExternalId(id) => ("external_id", id),
+                    ProductKey::Barcode(code) => ("barcode", code),
+                };
+                Err(Status::not_found(format!(
+                    "store {} has no product with {field} {value:?}",
+                    request.store_id
+                )))
+            }
+        }
+    }
+
+    type ListProductsStream = ProductStream;
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<Self::ListProductsStream>, Status> {
+        let request = request.into_inner();
+        check_store_id(request.store_id)?;
+        if pb::MatchStatus::try_from(request.match_status).is_err() {
+            return Err(invalid_field(
+                "match_status",
+                format!("match_status {} is unknown", request.match_status),
+            ));
+        }
+        let filter = ProductFilter {
+            store_id: request.store_id,
+            match_status: request.match_status,
+            in_stock_only: request.in_stock_only,
+            updated_since: request.updated_since.as_ref().map(micros_from_timestamp),
+        };
+
+        let (sender, receiver) = mpsc::channel(LIST_BUFFER);
+        let database = self.database.clone();
+        let span = tracing::info_span!("list_products", store_id = request.store_id);
+        // Pages by id, so a slow reader holds no database connection between pages.
+        tokio::spawn(
+            async move {
+                let mut after_id = 0;
+                loop {
+                    let page = match database
+                        .products_page(&filter, after_id, LIST_PAGE_SIZE)
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(error) => {
+                            let _ = sender.send(Err(error.into())).await;
+                            return;
+                        }
+                    };
+                    let last_page = (page.len() as i64) < LIST_PAGE_SIZE;
+                    for record in page {
+                        after_id = record.id;
+                        if sender.send(Ok(record.into())).await.is_err() {
+                            return; // the reader went away
+                        }
+                    }
+                    if last_page {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(receiver)) as ProductStream
+        ))
+    }
+}
+
+fn check_store_id(store_id: i64) -> Result<(), Status> {
+    if store_id <= 0 {
+        return Err(invalid_field(
+            "store_id",
+            format!("store_id is {store_id}; it must be > 0"),
+        ));
+    }
+    Ok(())
+}

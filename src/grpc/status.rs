@@ -1,0 +1,51 @@
+//! The one place where errors become `tonic::Status`. Input problems are explained to the
+//! client in detail; internal failures are logged with their context and answered without
+//! any SQL, path or driver message.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::store::StoreError;
+use crate::sync::{SyncError, Violation, Violations};
+
+impl From<SyncError> for Status {
+    fn from(error: SyncError) -> Self {
+        match error {
+            SyncError::Invalid(violations) => invalid_argument(&violations),
+            SyncError::CountMismatch { .. } => Status::failed_precondition(error.to_string()),
+            SyncError::Unimplemented { .. } => Status::unimplemented(error.to_string()),
+            SyncError::TooManyProducts { .. } => Status::resource_exhausted(error.to_string()),
+            SyncError::Abandoned => Status::cancelled(error.to_string()),
+            SyncError::Store(error) => error.into(),
+            SyncError::Worker(detail) => {
+                tracing::error!(%detail, "sync worker failed");
+                Status::internal("internal error; the server log has the details")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(%error, "database operation failed");
+        if error.is_unavailable() {
+            Status::unavailable("the database is unavailable; retry later")
+        } else {
+            Status::internal("internal error; the server log has the details")
+        }
+    }
+}
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` detail naming every listed violation.
+pub(crate) fn invalid_argument(violations: &Violations) -> Status {
+    let mut details = ErrorDetails::new();
+    for violation in violations.kept() {
+        details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+    }
+    Status::with_error_details(Code::InvalidArgument, violations.to_string(), details)
+}
+
+/// `INVALID_ARGUMENT` for one bad request field.
+pub(crate) fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    invalid_argument(&Violations::single(Violation::new(field, description)))
+}

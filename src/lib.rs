@@ -1,0 +1,23 @@
+//! inventory-sync keeps a retail store's inventory in step with a central product catalog.
+//!
+//! A store's point of sale streams its whole inventory over gRPC; the service validates and
+//! stages the products as they arrive, then merges them into the catalog's copy in one
+//! transaction (UPSERT by external id, and optionally a clear of everything not listed).
+//!
+//! # Layout
+//! - [`config`]: the command line (every flag also reads an environment variable).
+//! - [`server`]: assembles the gRPC services and serves them until shutdown.
+//! - [`grpc`]: thin adapters from the generated service traits to the domain; the one
+//!   place where errors become `tonic::Status`.
+//! - [`sync`]: the domain: validated products, the sync session and its counts.
+//! - [`store`]: the database: SQLite and PostgreSQL behind one type, all SQL in one place.
+//! - [`activity`]: what is in flight right now (syncs, products), for operators and tests.
+//! - [`pb`]: code generated from `proto/inventory/v1/inventory.proto`.
+
+pub mod activity;
+pub mod config;
+pub mod grpc;
+pub mod pb;
+pub mod server;
+pub mod store;
+pub mod sync;

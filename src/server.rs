@@ -1,0 +1,71 @@
+//! Assembles the gRPC services (InventorySync, health, reflection) and serves them until
+//! the injected shutdown future completes. Shutdown is graceful: the listener closes and
+//! requests in flight finish; a sync whose stream is cut commits nothing.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::activity::Activity;
+use crate::grpc::InventoryService;
+use crate::pb;
+use crate::pb::inventory_sync_server::InventorySyncServer;
+use crate::store::Database;
+use crate::sync::{SyncEngine, SyncLimits};
+
+/// Everything the services share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub database: Database,
+    pub activity: Activity,
+    pub limits: SyncLimits,
+    /// Largest decoded gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` completes, then waits for requests in flight.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let engine = SyncEngine::new(
+        state.database.clone(),
+        state.activity.clone(),
+        state.limits.clone(),
+    );
+    let inventory = InventorySyncServer::new(InventoryService::new(engine, state.database))
+        .max_decoding_message_size(state.max_message_bytes);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<InventorySyncServer<InventoryService>>()
+        .await;
+
+    // grpcurl and older tools speak only v1alpha reflection; newer ones prefer v1.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(inventory)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

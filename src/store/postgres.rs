@@ -1,0 +1,247 @@
+//! PostgreSQL: the backend for many replicas sharing one database. A sync streams its
+//! products into temporary tables of its own connection with `COPY` and merges them in one
+//! transaction that holds the store's row lock.
+
+use std::fmt::Write as _;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool, Postgres};
+
+use super::sql::{self, POSTGRES};
+use super::{
+    BatchConflict, MergeOutcome, MergeRequest, ProductFilter, ProductKey, ProductRecord,
+    StoreError, conflicts_from_rows, sql_limit, staged_barcodes,
+};
+use crate::sync::StagedProduct;
+
+const MAX_CONNECTIONS: u32 = 16;
+
+pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .connect(url)
+        .await?;
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    Ok(pool)
+}
+
+pub(super) async fn product(
+    pool: &PgPool,
+    store_id: i64,
+    key: &ProductKey,
+) -> Result<Option<ProductRecord>, StoreError> {
+    let (statement, value) = match key {
+        ProductKey::ExternalId(external_id) => {
+            (POSTGRES.select_product_by_external_id.as_str(), external_id)
+        }
+        ProductKey::Barcode(barcode) => (POSTGRES.select_product_by_barcode.as_str(), barcode),
+    };
+    Ok(sqlx::query_as(statement)
+        .bind(store_id)
+        .bind(value)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub(super) async fn products_page(
+    pool: &PgPool,
+    filter: &ProductFilter,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<ProductRecord>, StoreError> {
+    Ok(sqlx::query_as(POSTGRES.select_products_page.as_str())
+        .bind(filter.store_id)
+        .bind(after_id)
+        .bind(filter.match_status)
+        .bind(filter.in_stock_only)
+        .bind(filter.updated_since)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The staging area of one sync on PostgreSQL.
+pub struct Staging {
+    connection: PoolConnection<Postgres>,
+}
+
+impl Staging {
+    pub(super) async fn open(pool: &PgPool) -> Result<Self, StoreError> {
+        let mut connection = pool.acquire().await?;
+        sqlx::raw_sql(sql::CREATE_STAGING)
+            .execute(&mut *connection)
+            .await?;
+        Ok(Staging { connection })
+    }
+
+    pub(super) async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
+        let mut rows = CopyText::default();
+        let mut barcode_rows = CopyText::default();
+        for product in products {
+            let change = &product.change;
+            let index = product.index as i64;
+            rows.int(Some(index));
+            rows.text(Some(&change.external_id));
+            rows.text(staged_barcodes(change).as_deref());
+            rows.int(change.in_stock);
+            rows.text(change.price.as_ref().map(|price| price.as_str()));
+            rows.text(change.name.as_deref());
+            rows.text(change.unit_size.as_deref());
+            rows.float(change.abv);
+            rows.float(change.proof);
+            rows.int(change.category.map(|category| i64::from(category.code())));
+            rows.end_row();
+            for barcode in change.barcodes.iter().flat_map(|barcodes| barcodes.as_slice()) {
+                barcode_rows.int(Some(index));
+                barcode_rows.text(Some(barcode));
+                barcode_rows.end_row();
+            }
+        }
+        self.copy_in(sql::STAGED_PRODUCT_COLUMNS, rows).await?;
+        if !barcode_rows.is_empty() {
+            self.copy_in(sql::STAGED_BARCODE_COLUMNS, barcode_rows)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_in(&mut self, table: &str, rows: CopyText) -> Result<(), StoreError> {
+        let mut copy = self
+            .connection
+            .copy_in_raw(&format!("COPY {table} FROM STDIN"))
+            .await?;
+        copy.send(rows.buffer.into_bytes()).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+
+    pub(super) async fn batch_conflicts(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<BatchConflict>, StoreError> {
+        // Temporary tables get no statistics on their own; without them the planner
+        // guesses a handful of rows and picks nested loops over a million.
+        sqlx::raw_sql("ANALYZE staged_products; ANALYZE staged_barcodes")
+            .execute(&mut *self.connection)
+            .await?;
+        let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.connection)
+            .await?;
+        let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.connection)
+            .await?;
+        Ok(conflicts_from_rows(duplicates, shared, limit))
+    }
+
+    pub(super) async fn merge(
+        &mut self,
+        request: &MergeRequest,
+        abandoned: impl Fn() -> bool,
+    ) -> Result<MergeOutcome, StoreError> {
+        let mut tx = self.connection.begin().await?;
+        sqlx::query(sql::ENSURE_STORE)
+            .bind(request.store_id)
+            .bind(request.now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::LOCK_STORE)
+            .bind(request.store_id)
+            .execute(&mut *tx)
+            .await?;
+        merge_into_locked_store!(tx, POSTGRES, request, abandoned)
+    }
+
+    pub(super) async fn close(mut self) {
+        if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
+            .execute(&mut *self.connection)
+            .await
+        {
+            // The connection may hold staged rows; never hand it to another request.
+            tracing::warn!(%error, "could not drop the staging tables; closing the connection");
+            let _ = self.connection.detach().close().await;
+        }
+    }
+}
+
+/// Rows in PostgreSQL's `COPY … FROM STDIN` text format: tab-separated fields, `\N` for
+/// NULL, backslash escapes for the characters that would break the framing.
+#[derive(Default)]
+struct CopyText {
+    buffer: String,
+    /// Whether the current row has a field yet, i.e. the next field needs a separator.
+    row_has_fields: bool,
+}
+
+impl CopyText {
+    fn separate(&mut self) {
+        if self.row_has_fields {
+            self.buffer.push('\t');
+        }
+        self.row_has_fields = true;
+    }
+
+    fn text(&mut self, value: Option<&str>) {
+        self.separate();
+        let Some(value) = value else {
+            self.buffer.push_str("\\N");
+            return;
+        };
+        for character in value.chars() {
+            match character {
+                '\\' => self.buffer.push_str("\\\\"),
+                '\t' => self.buffer.push_str("\\t"),
+                '\n' => self.buffer.push_str("\\n"),
+                '\r' => self.buffer.push_str("\\r"),
+                other => self.buffer.push(other),
+            }
+        }
+    }
+
+    fn int(&mut self, value: Option<i64>) {
+        self.separate();
+        match value {
+            Some(value) => write!(self.buffer, "{value}").expect("writing to a String cannot fail"),
+            None => self.buffer.push_str("\\N"),
+        }
+    }
+
+    fn float(&mut self, value: Option<f64>) {
+        self.separate();
+        match value {
+            // Display of a finite f64 round-trips exactly and never uses an exponent.
+            Some(value) => write!(self.buffer, "{value}").expect("writing to a String cannot fail"),
+            None => self.buffer.push_str("\\N"),
+        }
+    }
+
+    fn end_row(&mut self) {
+        self.buffer.push('\n');
+        self.row_has_fields = false;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CopyText;
+
+    #[test]
+    fn copy_text_escapes_framing_characters_and_marks_nulls() {
+        let mut rows = CopyText::default();
+        rows.int(Some(7));
+        rows.text(Some("a\tb\\c\nd"));
+        rows.text(None);
+        rows.float(Some(12.5));
+        rows.end_row();
+        rows.text(Some(""));
+        rows.int(None);
+        rows.end_row();
+        assert_eq!(rows.buffer, "7\ta\\tb\\\\c\\nd\t\\N\t12.5\n\t\\N\n");
+    }
+}

@@ -1,0 +1,180 @@
+//! SQLite: the embedded default. One file in WAL mode, so readers never wait for the
+//! writer; a sync stages into its connection's temporary database, which takes no lock on
+//! the main file, and holds the write lock only for its final merge.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
+
+use super::sql::{self, SQLITE};
+use super::{
+    BatchConflict, MergeOutcome, MergeRequest, ProductFilter, ProductKey, ProductRecord,
+    StoreError, conflicts_from_rows, sql_limit, staged_barcodes,
+};
+use crate::sync::StagedProduct;
+
+/// How long a writer waits for another writer's merge before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_CONNECTIONS: u32 = 16;
+/// Products per INSERT while staging; 10 parameters each stays far below SQLite's limit.
+const PRODUCTS_PER_INSERT: usize = 500;
+/// Barcodes per INSERT while staging; 2 parameters each.
+const BARCODES_PER_INSERT: usize = 2_000;
+
+pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // NORMAL is durable across application crashes in WAL mode; only a power loss may
+        // drop the last commits.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    Ok(pool)
+}
+
+pub(super) async fn product(
+    pool: &SqlitePool,
+    store_id: i64,
+    key: &ProductKey,
+) -> Result<Option<ProductRecord>, StoreError> {
+    let (statement, value) = match key {
+        ProductKey::ExternalId(external_id) => {
+            (SQLITE.select_product_by_external_id.as_str(), external_id)
+        }
+        ProductKey::Barcode(barcode) => (SQLITE.select_product_by_barcode.as_str(), barcode),
+    };
+    Ok(sqlx::query_as(statement)
+        .bind(store_id)
+        .bind(value)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub(super) async fn products_page(
+    pool: &SqlitePool,
+    filter: &ProductFilter,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<ProductRecord>, StoreError> {
+    Ok(sqlx::query_as(SQLITE.select_products_page.as_str())
+        .bind(filter.store_id)
+        .bind(after_id)
+        .bind(filter.match_status)
+        .bind(filter.in_stock_only)
+        .bind(filter.updated_since)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The staging area of one sync on SQLite.
+pub struct Staging {
+    connection: PoolConnection<Sqlite>,
+}
+
+impl Staging {
+    pub(super) async fn open(pool: &SqlitePool) -> Result<Self, StoreError> {
+        let mut connection = pool.acquire().await?;
+        sqlx::raw_sql(sql::CREATE_STAGING)
+            .execute(&mut *connection)
+            .await?;
+        Ok(Staging { connection })
+    }
+
+    pub(super) async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
+        // One transaction per batch: a journal sync per batch instead of per statement.
+        // It is a transaction of the temporary database only.
+        let mut tx = self.connection.begin().await?;
+        for chunk in products.chunks(PRODUCTS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
+            insert.push(sql::STAGED_PRODUCT_COLUMNS).push(" ");
+            insert.push_values(chunk, |mut row, product| {
+                let change = &product.change;
+                row.push_bind(product.index as i64)
+                    .push_bind(change.external_id.clone())
+                    .push_bind(staged_barcodes(change))
+                    .push_bind(change.in_stock)
+                    .push_bind(change.price.as_ref().map(|price| price.to_string()))
+                    .push_bind(change.name.clone())
+                    .push_bind(change.unit_size.clone())
+                    .push_bind(change.abv)
+                    .push_bind(change.proof)
+                    .push_bind(change.category.map(|category| category.code()));
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        let barcodes: Vec<(i64, &str)> = products
+            .iter()
+            .flat_map(|product| {
+                let index = product.index as i64;
+                product
+                    .change
+                    .barcodes
+                    .iter()
+                    .flat_map(|barcodes| barcodes.as_slice())
+                    .map(move |barcode| (index, barcode.as_str()))
+            })
+            .collect();
+        for chunk in barcodes.chunks(BARCODES_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
+            insert.push(sql::STAGED_BARCODE_COLUMNS).push(" ");
+            insert.push_values(chunk, |mut row, (index, barcode)| {
+                row.push_bind(*index).push_bind(barcode.to_string());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn batch_conflicts(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<BatchConflict>, StoreError> {
+        let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.connection)
+            .await?;
+        let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.connection)
+            .await?;
+        Ok(conflicts_from_rows(duplicates, shared, limit))
+    }
+
+    pub(super) async fn merge(
+        &mut self,
+        request: &MergeRequest,
+        abandoned: impl Fn() -> bool,
+    ) -> Result<MergeOutcome, StoreError> {
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
+        // could fail to upgrade its lock instead of waiting for another writer.
+        let mut tx = self.connection.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(sql::ENSURE_STORE)
+            .bind(request.store_id)
+            .bind(request.now)
+            .execute(&mut *tx)
+            .await?;
+        merge_into_locked_store!(tx, SQLITE, request, abandoned)
+    }
+
+    pub(super) async fn close(mut self) {
+        if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
+            .execute(&mut *self.connection)
+            .await
+        {
+            // The connection may hold staged rows; never hand it to another request.
+            tracing::warn!(%error, "could not drop the staging tables; closing the connection");
+            let _ = self.connection.detach().close().await;
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The domain of a sync: validated products, the options of one sync, its counts and its
+//! errors, and the session that stages products as they arrive and merges them at the end.
+//! Nothing here knows about gRPC transport; the generated messages are only read, once, to
+//! turn them into validated types.
+
+mod product;
+mod session;
+mod violation;
+
+pub use product::{
+    Barcodes, Category, FieldError, MAX_BARCODE_CHARS, MAX_BARCODES_PER_PRODUCT,
+    MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MAX_PRICE_DECIMALS, MAX_UNIT_SIZE_CHARS, Price,
+    ProductChange,
+};
+pub use session::{SyncEngine, SyncSession};
+pub use violation::{Violation, Violations};
+
+use crate::pb;
+use crate::store::StoreError;
+
+/// Bounds on what one sync may carry.
+#[derive(Debug, Clone)]
+pub struct SyncLimits {
+    /// Most products in one sync.
+    pub max_products: u64,
+    /// Most violations listed in one error (all are counted).
+    pub max_violations: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        SyncLimits {
+            max_products: 5_000_000,
+            max_violations: 100,
+        }
+    }
+}
+
+/// The options of one sync, from its header, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOptions {
+    pub store_id: i64,
+    pub clear: bool,
+    pub dry_run: bool,
+    pub expected_count: Option<u64>,
+}
+
+impl TryFrom<pb::SyncHeader> for SyncOptions {
+    type Error = SyncError;
+
+    fn try_from(header: pb::SyncHeader) -> Result<Self, Self::Error> {
+        if header.store_id <= 0 {
+            return Err(SyncError::Invalid(Violations::single(Violation::new(
+                "header.store_id",
+                format!("store_id is {}; it must be > 0", header.store_id),
+            ))));
+        }
+        match pb::KeyField::try_from(header.key) {
+            Ok(pb::KeyField::Unspecified | pb::KeyField::ExternalId) => {}
+            Ok(pb::KeyField::Barcode) => {
+                return Err(SyncError::Unimplemented {
+                    field: "header.key = KEY_FIELD_BARCODE",
+                });
+            }
+            Err(_) => {
+                return Err(SyncError::Invalid(Violations::single(Violation::new(
+                    "header.key",
+                    format!("key {} is unknown; use KEY_FIELD_EXTERNAL_ID", header.key),
+                ))));
+            }
+        }
+        let unimplemented = [
+            (!header.idempotency_key.is_empty(), "header.idempotency_key"),
+            (header.skip_invalid, "header.skip_invalid"),
+            (header.allow_mass_clear, "header.allow_mass_clear"),
+        ];
+        if let Some((_, field)) = unimplemented.into_iter().find(|(set, _)| *set) {
+            return Err(SyncError::Unimplemented { field });
+        }
+        Ok(SyncOptions {
+            store_id: header.store_id,
+            clear: header.clear,
+            dry_run: header.dry_run,
+            expected_count: header.expected_count,
+        })
+    }
+}
+
+/// A validated product and its position in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedProduct {
+    pub index: u64,
+    pub change: ProductChange,
+}
+
+/// What a sync did. `created + updated + unchanged == received`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub received: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub cleared: u64,
+}
+
+/// The answer to a completed sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub sync_id: String,
+    pub counts: SyncCounts,
+    /// Nothing was committed.
+    pub dry_run: bool,
+}
+
+/// Why a sync did not complete. Nothing of it was committed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The input breaks the contract; every problem found is listed.
+    #[error("{0}")]
+    Invalid(Violations),
+    /// `expected_count` did not match what arrived.
+    #[error("expected {expected} products but received {received}; nothing was committed")]
+    CountMismatch { expected: u64, received: u64 },
+    /// The sync asks for something this server does not do yet.
+    #[error("{field} is not supported by this server yet")]
+    Unimplemented { field: &'static str },
+    /// The sync carries more products than the server accepts.
+    #[error("a sync may carry at most {limit} products; nothing was committed")]
+    TooManyProducts { limit: u64 },
+    /// The client went away before the sync completed.
+    #[error("the sync was abandoned by the client")]
+    Abandoned,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The sync's worker task failed unexpectedly.
+    #[error("the sync's worker failed: {0}")]
+    Worker(String),
+}

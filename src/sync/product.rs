@@ -1,0 +1,367 @@
+//! A product as a POS reports it, validated: once a `ProductChange` exists, every field in it
+//! is within the contract's bounds, so the rest of the sync never checks again.
+
+use std::fmt;
+
+use crate::pb;
+
+/// Longest external id, in characters.
+pub const MAX_EXTERNAL_ID_CHARS: usize = 128;
+/// Longest barcode, in characters.
+pub const MAX_BARCODE_CHARS: usize = 64;
+/// Most barcodes one product may carry.
+pub const MAX_BARCODES_PER_PRODUCT: usize = 32;
+/// Longest product name, in characters.
+pub const MAX_NAME_CHARS: usize = 512;
+/// Longest unit size, in characters.
+pub const MAX_UNIT_SIZE_CHARS: usize = 64;
+/// Most digits before the decimal point of a price.
+pub const MAX_PRICE_INTEGER_DIGITS: usize = 14;
+/// Most digits after the decimal point of a price.
+pub const MAX_PRICE_DECIMALS: usize = 4;
+
+/// Which matching queue a product belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Wine,
+    Drink,
+}
+
+impl Category {
+    /// The number stored in the database and sent on the wire.
+    pub fn code(self) -> i32 {
+        match self {
+            Category::Wine => 1,
+            Category::Drink => 2,
+        }
+    }
+}
+
+/// What is wrong with one field of one product; the path is relative to the product
+/// (`price`, `barcodes[2]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// An exact, non-negative decimal with at most four decimal places, kept as text so that
+/// it is stored and returned without float rounding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price(String);
+
+impl Price {
+    /// Parses `digits[.digits]`. Leading zeros of the integer part are dropped
+    /// (`"007.50"` becomes `"7.50"`); the decimals are kept as sent.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with('-') {
+            return Err(format!("price {text:?} is negative; prices must be >= 0"));
+        }
+        let (integer, decimals) = match text.split_once('.') {
+            Some((integer, decimals)) => (integer, Some(decimals)),
+            None => (text, None),
+        };
+        let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(integer) || decimals.is_some_and(|d| !all_digits(d)) {
+            return Err(format!(
+                "price {:?} is not a plain decimal such as \"12.99\"",
+                shorten(text)
+            ));
+        }
+        if let Some(decimals) = decimals
+            && decimals.len() > MAX_PRICE_DECIMALS
+        {
+            return Err(format!(
+                "price {text:?} has {} decimal places; at most {MAX_PRICE_DECIMALS} are allowed",
+                decimals.len()
+            ));
+        }
+        let integer = match integer.trim_start_matches('0') {
+            "" => "0",
+            significant => significant,
+        };
+        if integer.len() > MAX_PRICE_INTEGER_DIGITS {
+            return Err(format!(
+                "price {:?} is too large; at most {MAX_PRICE_INTEGER_DIGITS} digits before the decimal point",
+                shorten(text)
+            ));
+        }
+        Ok(Price(match decimals {
+            Some(decimals) => format!("{integer}.{decimals}"),
+            None => integer.to_owned(),
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A product's barcodes: sorted, without repeats, at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Barcodes(Vec<String>);
+
+impl Barcodes {
+    /// The barcodes in their stored order (sorted).
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The stored form: sorted barcodes joined by single spaces. Barcodes contain no
+    /// whitespace, so the join can be split back without ambiguity.
+    pub fn joined(&self) -> String {
+        self.0.join(" ")
+    }
+
+    /// Splits the stored form back into barcodes.
+    pub fn split_stored(stored: Option<&str>) -> Vec<String> {
+        stored
+            .map(|joined| joined.split(' ').filter(|b| !b.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One product update that passed validation. `None` means "keep the stored value".
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductChange {
+    pub external_id: String,
+    pub barcodes: Option<Barcodes>,
+    pub in_stock: Option<i64>,
+    pub price: Option<Price>,
+    pub name: Option<String>,
+    pub unit_size: Option<String>,
+    pub abv: Option<f64>,
+    pub proof: Option<f64>,
+    pub category: Option<Category>,
+}
+
+impl TryFrom<pb::ProductUpdate> for ProductChange {
+    type Error = Vec<FieldError>;
+
+    /// Checks every field and reports every problem found, not just the first.
+    fn try_from(raw: pb::ProductUpdate) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        collect(&mut errors, check_external_id(&raw.external_id));
+        let barcodes = validate_barcodes(raw.barcodes, &mut errors);
+        if let Some(in_stock) = raw.in_stock
+            && in_stock < 0
+        {
+            errors.push(FieldError::new(
+                "in_stock",
+                format!("in_stock is {in_stock}; it must be >= 0"),
+            ));
+        }
+        let price = raw.price.and_then(|text| match Price::parse(&text) {
+            Ok(price) => Some(price),
+            Err(description) => {
+                errors.push(FieldError::new("price", description));
+                None
+            }
+        });
+        if let Some(name) = &raw.name {
+            collect(&mut errors, check_text("name", name, MAX_NAME_CHARS));
+        }
+        if let Some(unit_size) = &raw.unit_size {
+            collect(&mut errors, check_text("unit_size", unit_size, MAX_UNIT_SIZE_CHARS));
+        }
+        if let Some(abv) = raw.abv {
+            collect(&mut errors, check_range("abv", abv, 100.0));
+        }
+        if let Some(proof) = raw.proof {
+            collect(&mut errors, check_range("proof", proof, 200.0));
+        }
+        let category = match raw.category {
+            0 => None,
+            1 => Some(Category::Wine),
+            2 => Some(Category::Drink),
+            unknown => {
+                errors.push(FieldError::new(
+                    "category",
+                    format!("category {unknown} is unknown; use CATEGORY_WINE or CATEGORY_DRINK"),
+                ));
+                None
+            }
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ProductChange {
+            external_id: raw.external_id,
+            barcodes,
+            in_stock: raw.in_stock,
+            price,
+            name: raw.name,
+            unit_size: raw.unit_size,
+            abv: raw.abv,
+            proof: raw.proof,
+            category,
+        })
+    }
+}
+
+fn collect(errors: &mut Vec<FieldError>, result: Result<(), FieldError>) {
+    if let Err(error) = result {
+        errors.push(error);
+    }
+}
+
+fn check_external_id(external_id: &str) -> Result<(), FieldError> {
+    if external_id.is_empty() {
+        return Err(FieldError::new(
+            "external_id",
+            "external_id is missing; every product of an external-id sync needs one",
+        ));
+    }
+    check_text("external_id", external_id, MAX_EXTERNAL_ID_CHARS)
+}
+
+fn validate_barcodes(barcodes: Vec<String>, errors: &mut Vec<FieldError>) -> Option<Barcodes> {
+    if barcodes.is_empty() {
+        return None;
+    }
+    if barcodes.len() > MAX_BARCODES_PER_PRODUCT {
+        errors.push(FieldError::new(
+            "barcodes",
+            format!(
+                "{} barcodes given; a product may have at most {MAX_BARCODES_PER_PRODUCT}",
+                barcodes.len()
+            ),
+        ));
+        return None;
+    }
+    let errors_before = errors.len();
+    for (position, barcode) in barcodes.iter().enumerate() {
+        let field = format!("barcodes[{position}]");
+        if barcode.is_empty() {
+            errors.push(FieldError::new(field, "barcode is empty"));
+        } else if barcode.chars().count() > MAX_BARCODE_CHARS {
+            errors.push(FieldError::new(
+                field,
+                format!("barcode is longer than {MAX_BARCODE_CHARS} characters"),
+            ));
+        } else if !barcode.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "barcode {:?} may hold only printable ASCII characters without spaces",
+                    shorten(barcode)
+                ),
+            ));
+        }
+    }
+    if errors.len() > errors_before {
+        return None;
+    }
+    let mut sorted = barcodes;
+    sorted.sort_unstable();
+    sorted.dedup();
+    Some(Barcodes(sorted))
+}
+
+fn check_text(field: &str, text: &str, max_chars: usize) -> Result<(), FieldError> {
+    if text.chars().count() > max_chars {
+        return Err(FieldError::new(
+            field,
+            format!("{field} is longer than {max_chars} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            format!("{field} contains a control character"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, value: f64, max: f64) -> Result<(), FieldError> {
+    // Written so that NaN fails too.
+    if (0.0..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{field} is {value}; it must be a number from 0 to {max}"),
+        ))
+    }
+}
+
+/// Keeps error messages short when a client sends a huge string.
+fn shorten(text: &str) -> String {
+    const KEEP: usize = 40;
+    match text.char_indices().nth(KEEP) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_keeps_decimals_and_drops_leading_zeros() {
+        assert_eq!(Price::parse("12.99").unwrap().as_str(), "12.99");
+        assert_eq!(Price::parse("12.90").unwrap().as_str(), "12.90");
+        assert_eq!(Price::parse("007.5").unwrap().as_str(), "7.5");
+        assert_eq!(Price::parse("0").unwrap().as_str(), "0");
+        assert_eq!(Price::parse("000.0001").unwrap().as_str(), "0.0001");
+    }
+
+    #[test]
+    fn price_rejects_what_is_not_a_plain_non_negative_decimal() {
+        for bad in [
+            "", "-1", "1.23456", "1e3", "abc", " 1", "1.", ".5", "1,50", "+1", "NaN",
+            "123456789012345",
+        ] {
+            assert!(Price::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported() {
+        let raw = pb::ProductUpdate {
+            external_id: String::new(),
+            in_stock: Some(-1),
+            price: Some("1.23456".into()),
+            abv: Some(f64::NAN),
+            proof: Some(201.0),
+            barcodes: vec!["ok".into(), String::new()],
+            category: 9,
+            ..pb::ProductUpdate::default()
+        };
+        let errors = ProductChange::try_from(raw).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["external_id", "barcodes[1]", "in_stock", "price", "abv", "proof", "category"]
+        );
+    }
+
+    #[test]
+    fn barcodes_are_sorted_and_deduplicated() {
+        let raw = pb::ProductUpdate {
+            external_id: "1".into(),
+            barcodes: vec!["b".into(), "a".into(), "b".into()],
+            ..pb::ProductUpdate::default()
+        };
+        let change = ProductChange::try_from(raw).unwrap();
+        assert_eq!(change.barcodes.unwrap().joined(), "a b");
+    }
+}

@@ -1,0 +1,303 @@
+//! One sync from its first message to its commit.
+//!
+//! The gRPC handler feeds a [`SyncSession`] as messages arrive; the session validates each
+//! product and hands the valid ones to a worker task that owns a database connection and
+//! stages them. Memory stays flat whatever the size of the sync: only a few batches are in
+//! the queue between the two, and backpressure slows the client down when the database is
+//! slower. When the client half-closes, the worker checks the batch as a whole and merges it
+//! in one transaction. If the session is dropped first (the client cancelled, the stream
+//! broke, the server shut down), the worker sees its queue close and discards everything.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, Span, info, warn};
+
+use super::{
+    ProductChange, StagedProduct, SyncCounts, SyncError, SyncLimits, SyncOptions, SyncSummary,
+    Violation, Violations,
+};
+use crate::activity::Activity;
+use crate::pb;
+use crate::store::{Database, MergeOutcome, MergeRequest, Staging};
+
+/// Batches waiting between the handler and the worker; bounds memory per sync.
+const STAGING_QUEUE_DEPTH: usize = 4;
+
+/// Starts syncs.
+#[derive(Debug, Clone)]
+pub struct SyncEngine {
+    database: Database,
+    activity: Activity,
+    limits: SyncLimits,
+}
+
+impl SyncEngine {
+    pub fn new(database: Database, activity: Activity, limits: SyncLimits) -> Self {
+        SyncEngine {
+            database,
+            activity,
+            limits,
+        }
+    }
+
+    /// Opens a sync: a staging area on a connection of its own and the worker that fills it.
+    pub async fn begin(&self, options: SyncOptions) -> Result<SyncSession, SyncError> {
+        let sync_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("sync", store_id = options.store_id, sync_id = %sync_id);
+        let staging = self
+            .database
+            .open_staging()
+            .instrument(span.clone())
+            .await?;
+        let (commands, queue) = mpsc::channel(STAGING_QUEUE_DEPTH);
+        let worker = Worker {
+            staging,
+            queue,
+            options: options.clone(),
+            limits: self.limits.clone(),
+            in_flight: self.activity.start_sync(),
+        };
+        let worker = tokio::spawn(worker.run().instrument(span.clone()));
+        span.in_scope(|| {
+            info!(
+                clear = options.clear,
+                dry_run = options.dry_run,
+                "sync started"
+            )
+        });
+        Ok(SyncSession {
+            sync_id,
+            options,
+            limits: self.limits.clone(),
+            span,
+            received: 0,
+            violations: Violations::with_cap(self.limits.max_violations),
+            commands,
+            worker,
+        })
+    }
+}
+
+/// What the handler tells the worker.
+enum Command {
+    /// Stage these valid products; `received` counts every product of the message.
+    Stage {
+        products: Vec<StagedProduct>,
+        received: u64,
+    },
+    /// The client half-closed: check and merge.
+    Finish {
+        received: u64,
+        violations: Violations,
+    },
+}
+
+/// The handler's side of one sync.
+pub struct SyncSession {
+    sync_id: String,
+    options: SyncOptions,
+    limits: SyncLimits,
+    span: Span,
+    received: u64,
+    violations: Violations,
+    commands: mpsc::Sender<Command>,
+    worker: JoinHandle<Result<SyncCounts, SyncError>>,
+}
+
+impl SyncSession {
+    /// The span every log line of this sync belongs to.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    pub fn sync_id(&self) -> &str {
+        &self.sync_id
+    }
+
+    /// Takes the products of one message: validates each, queues the valid ones for
+    /// staging and remembers what is wrong with the others.
+    pub async fn receive(&mut self, products: Vec<pb::ProductUpdate>) -> Result<(), SyncError> {
+        let count = products.len() as u64;
+        if self.received + count > self.limits.max_products {
+            return Err(SyncError::TooManyProducts {
+                limit: self.limits.max_products,
+            });
+        }
+        let mut valid = Vec::with_capacity(products.len());
+        for (offset, update) in products.into_iter().enumerate() {
+            let index = self.received + offset as u64;
+            match ProductChange::try_from(update) {
+                Ok(change) => valid.push(StagedProduct { index, change }),
+                Err(errors) => {
+                    for error in errors {
+                        self.violations.push(Violation::in_product(index, error));
+                    }
+                }
+            }
+        }
+        self.received += count;
+        // Once the sync is known to fail, staging more is wasted work; validation goes on
+        // so that the client hears of every problem at once.
+        if !self.violations.is_empty() {
+            valid.clear();
+        }
+        let command = Command::Stage {
+            products: valid,
+            received: count,
+        };
+        if self.commands.send(command).await.is_err() {
+            // The worker stopped early, which it only does on an error: report that.
+            return Err(self.worker_error().await);
+        }
+        Ok(())
+    }
+
+    /// Records a problem found outside the products, such as a header on a later message.
+    pub fn reject(&mut self, violation: Violation) {
+        self.violations.push(violation);
+    }
+
+    /// The client half-closed: checks the whole batch and commits it (or, for a dry run,
+    /// computes the counts and rolls back).
+    pub async fn finish(mut self) -> Result<SyncSummary, SyncError> {
+        let command = Command::Finish {
+            received: self.received,
+            violations: std::mem::replace(&mut self.violations, Violations::with_cap(0)),
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(self.worker_error().await);
+        }
+        // Keep `commands` open until the worker is done: if this future is dropped, the
+        // closed queue tells the worker that nobody waits for the result any more.
+        let counts = join(&mut self.worker).await?;
+        Ok(SyncSummary {
+            sync_id: self.sync_id.clone(),
+            counts,
+            dry_run: self.options.dry_run,
+        })
+    }
+
+    async fn worker_error(&mut self) -> SyncError {
+        match join(&mut self.worker).await {
+            Err(error) => error,
+            Ok(_) => SyncError::Worker("the worker ended before the sync did".to_owned()),
+        }
+    }
+}
+
+async fn join(
+    worker: &mut JoinHandle<Result<SyncCounts, SyncError>>,
+) -> Result<SyncCounts, SyncError> {
+    worker
+        .await
+        .map_err(|error| SyncError::Worker(error.to_string()))?
+}
+
+/// The database side of one sync; runs as a task of its own.
+struct Worker {
+    staging: Staging,
+    queue: mpsc::Receiver<Command>,
+    options: SyncOptions,
+    limits: SyncLimits,
+    in_flight: crate::activity::SyncInFlight,
+}
+
+impl Worker {
+    async fn run(mut self) -> Result<SyncCounts, SyncError> {
+        let result = self.stage_and_merge().await;
+        match &result {
+            Ok(counts) => info!(
+                received = counts.received,
+                created = counts.created,
+                updated = counts.updated,
+                unchanged = counts.unchanged,
+                cleared = counts.cleared,
+                dry_run = self.options.dry_run,
+                "sync {}",
+                if self.options.dry_run { "checked (dry run)" } else { "committed" }
+            ),
+            Err(SyncError::Abandoned) => warn!("sync abandoned by the client; nothing committed"),
+            Err(error @ (SyncError::Store(_) | SyncError::Worker(_))) => {
+                tracing::error!(%error, "sync failed; nothing committed")
+            }
+            Err(error) => info!(%error, "sync refused; nothing committed"),
+        }
+        self.staging.close().await;
+        result
+    }
+
+    async fn stage_and_merge(&mut self) -> Result<SyncCounts, SyncError> {
+        loop {
+            match self.queue.recv().await {
+                Some(Command::Stage { products, received }) => {
+                    self.in_flight.received(received);
+                    if !products.is_empty() {
+                        self.staging.stage(&products).await?;
+                    }
+                }
+                Some(Command::Finish {
+                    received,
+                    violations,
+                }) => return self.merge(received, violations).await,
+                None => return Err(SyncError::Abandoned),
+            }
+        }
+    }
+
+    async fn merge(
+        &mut self,
+        received: u64,
+        mut violations: Violations,
+    ) -> Result<SyncCounts, SyncError> {
+        if let Some(expected) = self.options.expected_count
+            && expected != received
+        {
+            return Err(SyncError::CountMismatch { expected, received });
+        }
+        if violations.room() > 0 {
+            for conflict in self.staging.batch_conflicts(violations.room()).await? {
+                violations.push(conflict.into());
+            }
+        }
+        if !violations.is_empty() {
+            violations.sort();
+            return Err(SyncError::Invalid(violations));
+        }
+
+        let request = MergeRequest {
+            store_id: self.options.store_id,
+            clear: self.options.clear,
+            dry_run: self.options.dry_run,
+            now: now_micros(),
+            max_conflicts: self.limits.max_violations,
+        };
+        let queue = &self.queue;
+        match self.staging.merge(&request, || queue.is_closed()).await? {
+            MergeOutcome::Applied(merged) => Ok(SyncCounts {
+                received,
+                created: merged.created,
+                updated: merged.updated,
+                unchanged: received - merged.created - merged.updated,
+                cleared: merged.cleared,
+            }),
+            MergeOutcome::Conflicts(conflicts) => {
+                let mut violations = Violations::with_cap(self.limits.max_violations);
+                for conflict in conflicts {
+                    violations.push(conflict.into());
+                }
+                Err(SyncError::Invalid(violations))
+            }
+            MergeOutcome::Abandoned => Err(SyncError::Abandoned),
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,169 @@
+//! Everything wrong with a sync's input, collected across the whole stream so that a client
+//! learns of every problem at once (up to a cap), each named by its place in the stream.
+
+use std::fmt;
+
+use super::product::FieldError;
+use crate::store::BatchConflict;
+
+/// One problem with the input, at a place such as `products[7].price`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Position of the product in the stream, when the problem belongs to one.
+    pub index: Option<u64>,
+    /// Where the problem is: `header`, `products[7].price`, ….
+    pub field: String,
+    /// What is wrong, in words a person can act on.
+    pub description: String,
+}
+
+impl Violation {
+    /// A problem outside the products, such as a missing header.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Violation {
+            index: None,
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    /// A bad field of product `index`.
+    pub fn in_product(index: u64, error: FieldError) -> Self {
+        Violation {
+            index: Some(index),
+            field: format!("products[{index}].{}", error.field),
+            description: error.description,
+        }
+    }
+}
+
+impl From<BatchConflict> for Violation {
+    fn from(conflict: BatchConflict) -> Self {
+        let index = conflict.index();
+        let (field, description) = match conflict {
+            BatchConflict::DuplicateExternalId {
+                first_index,
+                external_id,
+                ..
+            } => (
+                "external_id",
+                format!(
+                    "external_id {external_id:?} is also used by products[{first_index}]; \
+                     each product may appear once per sync"
+                ),
+            ),
+            BatchConflict::BarcodeSharedInBatch {
+                first_index,
+                barcode,
+                ..
+            } => (
+                "barcodes",
+                format!(
+                    "barcode {barcode:?} is also given to products[{first_index}]; \
+                     a barcode belongs to one product of the store"
+                ),
+            ),
+            BatchConflict::BarcodeOwnedByStoredProduct {
+                barcode,
+                owner_external_id,
+                ..
+            } => (
+                "barcodes",
+                match owner_external_id {
+                    Some(owner) => format!(
+                        "barcode {barcode:?} belongs to the store's product {owner:?}; \
+                         send that product with other barcodes in the same sync to move it"
+                    ),
+                    None => format!(
+                        "barcode {barcode:?} belongs to another product of the store \
+                         that has no external id"
+                    ),
+                },
+            ),
+        };
+        Violation {
+            index: Some(index),
+            field: format!("products[{index}].{field}"),
+            description,
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+/// The violations of one sync: at most `cap` kept, all of them counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violations {
+    kept: Vec<Violation>,
+    total: u64,
+    cap: usize,
+}
+
+impl Violations {
+    pub fn with_cap(cap: usize) -> Self {
+        Violations {
+            kept: Vec::new(),
+            total: 0,
+            cap,
+        }
+    }
+
+    /// Violations of one problem outside the products.
+    pub fn single(violation: Violation) -> Self {
+        let mut violations = Violations::with_cap(1);
+        violations.push(violation);
+        violations
+    }
+
+    pub fn push(&mut self, violation: Violation) {
+        self.total += 1;
+        if self.kept.len() < self.cap {
+            self.kept.push(violation);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// How many more would still be kept.
+    pub fn room(&self) -> usize {
+        self.cap - self.kept.len()
+    }
+
+    /// How many were found, kept or not.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The kept violations, in stream order.
+    pub fn kept(&self) -> &[Violation] {
+        &self.kept
+    }
+
+    /// Puts the kept violations in stream order (problems outside products first).
+    pub fn sort(&mut self) {
+        self.kept.sort_by_key(|violation| violation.index);
+    }
+}
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(first) = self.kept.first() else {
+            return f.write_str("no violations");
+        };
+        if self.total == 1 {
+            write!(f, "invalid sync: {first}")
+        } else {
+            write!(f, "invalid sync: {} problems; the first: {first}", self.total)?;
+            if self.total > self.kept.len() as u64 {
+                write!(f, " (the first {} are listed)", self.kept.len())?;
+            }
+            Ok(())
+        }
+    }
+}
