@@ -53,11 +53,13 @@ pub async fn run(
         .set_serving::<InventorySyncServer<InventoryService>>()
         .await;
 
-    // grpcurl and older tools speak only v1alpha reflection; newer ones prefer v1.
+    // grpcurl and older tools speak only v1alpha reflection; newer ones prefer v1. The
+    // google.rpc types let tools decode the BadRequest details of our errors.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
     Server::builder()

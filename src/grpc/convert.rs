@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn timestamps_round_trip_at_microsecond_precision() {
         for micros in [0, 1, 1_764_505_200_123_456, -1, -1_000_001] {
-            assert_eq!(micros_from_timestamp(&timestamp_from_micros(micros)), micros);
+            assert_eq!(
+                micros_from_timestamp(&timestamp_from_micros(micros)),
+                micros
+            );
         }
     }
 }

@@ -49,7 +49,10 @@ impl InventorySync for InventoryService {
             )
         })?;
         let header = first.header.ok_or_else(|| {
-            invalid_field("header", "the first message of a sync must carry the header")
+            invalid_field(
+                "header",
+                "the first message of a sync must carry the header",
+            )
         })?;
         let options = SyncOptions::try_from(header)?;
         let mut session = self.engine.begin(options).await?;

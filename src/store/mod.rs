@@ -17,7 +17,9 @@ macro_rules! merge_into_locked_store {
                 .await?;
         if !conflicts.is_empty() {
             $tx.rollback().await?;
-            return Ok(MergeOutcome::Conflicts(stored_conflicts_from_rows(conflicts)));
+            return Ok(MergeOutcome::Conflicts(stored_conflicts_from_rows(
+                conflicts,
+            )));
         }
 
         sqlx::query($statements.delete_replaced_barcodes.as_str())
@@ -242,7 +244,9 @@ impl Database {
     ) -> Result<Vec<ProductRecord>, StoreError> {
         match self {
             Database::Sqlite(pool) => sqlite::products_page(pool, filter, after_id, limit).await,
-            Database::Postgres(pool) => postgres::products_page(pool, filter, after_id, limit).await,
+            Database::Postgres(pool) => {
+                postgres::products_page(pool, filter, after_id, limit).await
+            }
         }
     }
 
@@ -339,7 +343,10 @@ impl Staging {
     }
 
     /// Duplicate external ids and barcodes shared within the staged batch.
-    pub async fn batch_conflicts(&mut self, limit: usize) -> Result<Vec<BatchConflict>, StoreError> {
+    pub async fn batch_conflicts(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<BatchConflict>, StoreError> {
         match self {
             Staging::Sqlite(staging) => staging.batch_conflicts(limit).await,
             Staging::Postgres(staging) => staging.batch_conflicts(limit).await,
@@ -380,19 +387,23 @@ fn conflicts_from_rows(
 ) -> Vec<BatchConflict> {
     let mut conflicts: Vec<BatchConflict> = duplicates
         .into_iter()
-        .map(|(index, external_id, first_index)| BatchConflict::DuplicateExternalId {
-            index: index as u64,
-            first_index: first_index as u64,
-            external_id,
-        })
+        .map(
+            |(index, external_id, first_index)| BatchConflict::DuplicateExternalId {
+                index: index as u64,
+                first_index: first_index as u64,
+                external_id,
+            },
+        )
         .chain(
             shared_barcodes
                 .into_iter()
-                .map(|(index, barcode, first_index)| BatchConflict::BarcodeSharedInBatch {
-                    index: index as u64,
-                    first_index: first_index as u64,
-                    barcode,
-                }),
+                .map(
+                    |(index, barcode, first_index)| BatchConflict::BarcodeSharedInBatch {
+                        index: index as u64,
+                        first_index: first_index as u64,
+                        barcode,
+                    },
+                ),
         )
         .collect();
     conflicts.sort_by_key(BatchConflict::index);

@@ -92,7 +92,11 @@ impl Staging {
             rows.float(change.proof);
             rows.int(change.category.map(|category| i64::from(category.code())));
             rows.end_row();
-            for barcode in change.barcodes.iter().flat_map(|barcodes| barcodes.as_slice()) {
+            for barcode in change
+                .barcodes
+                .iter()
+                .flat_map(|barcodes| barcodes.as_slice())
+            {
                 barcode_rows.int(Some(index));
                 barcode_rows.text(Some(barcode));
                 barcode_rows.end_row();

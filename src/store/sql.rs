@@ -81,8 +81,7 @@ pub(super) const DROP_STAGING: &str = "
     DROP TABLE IF EXISTS staged_barcodes;
 ";
 
-pub(super) const STAGED_PRODUCT_COLUMNS: &str =
-    "staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category)";
+pub(super) const STAGED_PRODUCT_COLUMNS: &str = "staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category)";
 
 pub(super) const STAGED_BARCODE_COLUMNS: &str = "staged_barcodes (idx, barcode)";
 

@@ -131,7 +131,13 @@ impl Barcodes {
     /// Splits the stored form back into barcodes.
     pub fn split_stored(stored: Option<&str>) -> Vec<String> {
         stored
-            .map(|joined| joined.split(' ').filter(|b| !b.is_empty()).map(str::to_owned).collect())
+            .map(|joined| {
+                joined
+                    .split(' ')
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -177,7 +183,10 @@ impl TryFrom<pb::ProductUpdate> for ProductChange {
             collect(&mut errors, check_text("name", name, MAX_NAME_CHARS));
         }
         if let Some(unit_size) = &raw.unit_size {
-            collect(&mut errors, check_text("unit_size", unit_size, MAX_UNIT_SIZE_CHARS));
+            collect(
+                &mut errors,
+                check_text("unit_size", unit_size, MAX_UNIT_SIZE_CHARS),
+            );
         }
         if let Some(abv) = raw.abv {
             collect(&mut errors, check_range("abv", abv, 100.0));
@@ -327,7 +336,17 @@ mod tests {
     #[test]
     fn price_rejects_what_is_not_a_plain_non_negative_decimal() {
         for bad in [
-            "", "-1", "1.23456", "1e3", "abc", " 1", "1.", ".5", "1,50", "+1", "NaN",
+            "",
+            "-1",
+            "1.23456",
+            "1e3",
+            "abc",
+            " 1",
+            "1.",
+            ".5",
+            "1,50",
+            "+1",
+            "NaN",
             "123456789012345",
         ] {
             assert!(Price::parse(bad).is_err(), "{bad:?} should be rejected");
@@ -350,7 +369,15 @@ mod tests {
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["external_id", "barcodes[1]", "in_stock", "price", "abv", "proof", "category"]
+            [
+                "external_id",
+                "barcodes[1]",
+                "in_stock",
+                "price",
+                "abv",
+                "proof",
+                "category"
+            ]
         );
     }
 

@@ -216,7 +216,11 @@ impl Worker {
                 cleared = counts.cleared,
                 dry_run = self.options.dry_run,
                 "sync {}",
-                if self.options.dry_run { "checked (dry run)" } else { "committed" }
+                if self.options.dry_run {
+                    "checked (dry run)"
+                } else {
+                    "committed"
+                }
             ),
             Err(SyncError::Abandoned) => warn!("sync abandoned by the client; nothing committed"),
             Err(error @ (SyncError::Store(_) | SyncError::Worker(_))) => {

@@ -159,7 +159,11 @@ impl fmt::Display for Violations {
         if self.total == 1 {
             write!(f, "invalid sync: {first}")
         } else {
-            write!(f, "invalid sync: {} problems; the first: {first}", self.total)?;
+            write!(
+                f,
+                "invalid sync: {} problems; the first: {first}",
+                self.total
+            )?;
             if self.total > self.kept.len() as u64 {
                 write!(f, " (the first {} are listed)", self.kept.len())?;
             }

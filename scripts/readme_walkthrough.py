@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Replays the README's grpcurl walkthrough against a fresh server and checks every output.
+
+Usage: readme_walkthrough.py PATH/TO/inventory-sync [README.md]
+
+Each ```console block of the README holds commands (lines starting with "$ ", plus any
+heredoc lines up to its terminator) followed by their expected output. The commands run
+against a server on a free port over a new SQLite file; JSON outputs are compared as JSON
+with ids of syncs and timestamps ignored, other outputs as text.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+README_ADDRESS = "127.0.0.1:50051"
+# Values that differ on every run.
+VOLATILE_KEYS = {"syncId", "createdAt", "updatedAt"}
+
+
+def parse_blocks(readme):
+    """[(command, expected_output)] of every ```console block, in order."""
+    steps = []
+    for block in re.findall(r"```console\n(.*?)```", readme, re.S):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            if not lines[i].startswith("$ "):
+                raise SystemExit(f"README console block: expected a command, got {lines[i]!r}")
+            command = [lines[i][2:]]
+            heredoc = re.search(r"<<'(\w+)'", lines[i])
+            i += 1
+            if heredoc:
+                while lines[i] != heredoc.group(1):
+                    command.append(lines[i])
+                    i += 1
+                command.append(lines[i])
+                i += 1
+            output = []
+            while i < len(lines) and not lines[i].startswith("$ "):
+                output.append(lines[i])
+                i += 1
+            steps.append(("\n".join(command), "\n".join(output)))
+    return steps
+
+
+def json_documents(text):
+    """The JSON documents in text, or None if it is not a sequence of JSON documents."""
+    decoder = json.JSONDecoder()
+    documents, position = [], 0
+    text = text.strip()
+    while position < len(text):
+        try:
+            document, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return None
+        documents.append(mask(document))
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return documents
+
+
+def mask(value):
+    if isinstance(value, dict):
+        return {k: ("*" if k in VOLATILE_KEYS else mask(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v) for v in value]
+    return value
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_serving(address, server, deadline_seconds=60):
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        probe = subprocess.run(
+            ["grpcurl", "-plaintext", address, "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+        )
+        if '"SERVING"' in probe.stdout:
+            return
+        time.sleep(0.2)
+    raise SystemExit("the server did not become healthy in time")
+
+
+def main():
+    binary = sys.argv[1]
+    readme_path = sys.argv[2] if len(sys.argv) > 2 else "README.md"
+    with open(readme_path, encoding="utf-8") as readme:
+        steps = parse_blocks(readme.read())
+    if not steps:
+        raise SystemExit("no console blocks found in the README")
+
+    address = f"127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory() as directory:
+        server = subprocess.Popen(
+            [binary, "serve", "--listen", address,
+             "--database-url", os.path.join(directory, "walkthrough.db")],
+            stderr=open(os.path.join(directory, "server.log"), "w"),
+        )
+        try:
+            wait_until_serving(address, server)
+            failures = 0
+            for command, expected in steps:
+                run = subprocess.run(
+                    ["bash", "-c", command.replace(README_ADDRESS, address)],
+                    capture_output=True,
+                    text=True,
+                )
+                actual = (run.stdout + run.stderr).strip()
+                expected_json, actual_json = json_documents(expected), json_documents(actual)
+                if expected_json is not None and expected_json == actual_json:
+                    continue
+                if expected_json is None and expected.strip() == actual:
+                    continue
+                failures += 1
+                print(f"README step differs:\n$ {command}\n--- expected\n{expected}\n--- actual\n{actual}\n")
+            print(f"walkthrough: {len(steps) - failures} passed, {failures} failed")
+            sys.exit(1 if failures else 0)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+//! A sync commits whole or not at all: cancelled streams, shutdown, concurrency.
+
+use inventory_sync::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::support::*;
+
+const STORE: i64 = 500;
+
+backend_tests! {
+    async fn a_stream_cancelled_after_10000_products_commits_nothing(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![stocked("existing", 3)]).await.unwrap();
+        let before = list(&mut client, STORE).await;
+
+        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        let mut call_client = client.clone();
+        let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
+        messages.send(pb::SyncRequest { header: Some(clear), products: vec![] }).await.unwrap();
+        for batch in 0..10 {
+            let products = (0..1000).map(|n| stocked(&format!("p{batch}-{n}"), 1)).collect();
+            messages.send(pb::SyncRequest { header: None, products }).await.unwrap();
+        }
+        // The server has taken in all 10,000 products; now the client goes away.
+        server.activity.wait_until(|now| now.products_in_flight >= 10_000).await;
+        call.abort();
+        server.activity.wait_until(|now| now.syncs_in_flight == 0).await;
+
+        assert_eq!(list(&mut client, STORE).await, before, "nothing of the cancelled sync is visible");
+        // The store is not left locked or dirty: the next sync works.
+        let response = sync(&mut client, header(STORE), vec![stocked("p0-0", 1)]).await.unwrap();
+        assert_eq!(response.created, 1);
+    }
+
+    async fn a_sync_in_flight_at_shutdown_completes_before_the_server_stops(server) {
+        let mut client = server.client().await;
+        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
+        let mut call_client = client.clone();
+        let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
+        messages
+            .send(pb::SyncRequest { header: Some(header(STORE)), products: vec![stocked("a", 1)] })
+            .await
+            .unwrap();
+        server.activity.wait_until(|now| now.products_in_flight >= 1).await;
+
+        server.begin_shutdown();
+        messages
+            .send(pb::SyncRequest { header: None, products: vec![stocked("b", 2)] })
+            .await
+            .unwrap();
+        drop(messages); // half-close: commit
+        let response = call.await.unwrap().unwrap().into_inner();
+        assert_eq!((response.received, response.created), (2, 2));
+        server.stopped().await;
+
+        assert!(
+            client.get_product(pb::GetProductRequest::default()).await.is_err(),
+            "the server no longer answers"
+        );
+    }
+
+    async fn concurrent_syncs_of_different_stores_do_not_touch_each_other(server) {
+        let mut tasks = Vec::new();
+        for store in 1..=8 {
+            let mut client = server.client().await;
+            tasks.push(tokio::spawn(async move {
+                let products = (0..300).map(|n| stocked(&format!("{store}-{n}"), store)).collect();
+                let clear = pb::SyncHeader { clear: true, ..header(store) };
+                sync(&mut client, clear, products).await.unwrap()
+            }));
+        }
+        for task in tasks {
+            let response = task.await.unwrap();
+            assert_eq!((response.created, response.cleared), (300, 0));
+        }
+        let mut client = server.client().await;
+        for store in 1..=8 {
+            let products = list(&mut client, store).await;
+            assert_eq!(products.len(), 300);
+            assert!(products.iter().all(|p| p.store_id == store && p.in_stock == Some(store)));
+        }
+    }
+}

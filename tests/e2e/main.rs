@@ -1,0 +1,11 @@
+//! End-to-end tests: a real server on 127.0.0.1:0 over a fresh real database per test,
+//! driven through the generated gRPC client. Every behaviour runs on SQLite and on
+//! PostgreSQL (`sqlite::…` and `postgres::…`).
+
+mod support;
+
+mod atomicity;
+mod reads;
+mod serving;
+mod sync_counts;
+mod validation;

@@ -1,0 +1,370 @@
+//! The test harness: a real server on 127.0.0.1:0 over a fresh database per test, SQLite
+//! or PostgreSQL, and helpers that talk to it through the generated client.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use inventory_sync::activity::Activity;
+use inventory_sync::pb;
+use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
+use inventory_sync::server::{self, AppState};
+use inventory_sync::store::{Database, DatabaseUrl};
+use inventory_sync::sync::SyncLimits;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const TEST_DATABASE_PREFIX: &str = "inventory_sync_test_";
+
+/// A running server and the database it owns; both go away when it is dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub activity: Activity,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<Result<(), server::ServeError>>>,
+    database: Database,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    postgres_database: Option<(String, String)>,
+}
+
+impl TestServer {
+    /// Starts a server with default limits. `None` only when PostgreSQL is unreachable
+    /// outside CI (in CI that is a failure).
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        Self::start_with(backend, SyncLimits::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, limits: SyncLimits) -> Option<TestServer> {
+        let (url, sqlite_dir, postgres_database) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("create a temporary directory");
+                let path = dir.path().join("inventory-sync.db");
+                let url: DatabaseUrl = path.to_str().expect("UTF-8 path").parse().unwrap();
+                (url, Some(dir), None)
+            }
+            Backend::Postgres => {
+                let (admin_url, name, url) = create_postgres_database().await?;
+                (DatabaseUrl::Postgres(url), None, Some((admin_url, name)))
+            }
+        };
+        let database = Database::connect(&url)
+            .await
+            .expect("connect to the test database");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let activity = Activity::default();
+        let state = AppState {
+            database: database.clone(),
+            activity: activity.clone(),
+            limits,
+            max_message_bytes: 4 * 1024 * 1024,
+        };
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server::run(listener, state, async {
+            let _ = stop.await;
+        }));
+        Some(TestServer {
+            addr,
+            activity,
+            shutdown: Some(shutdown),
+            serving: Some(serving),
+            database,
+            _sqlite_dir: sqlite_dir,
+            postgres_database,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
+    pub async fn client(&self) -> InventorySyncClient<Channel> {
+        InventorySyncClient::new(self.channel().await)
+    }
+
+    /// Starts a graceful shutdown; `stopped` waits for it to complete.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Waits until the server has stopped serving.
+    pub async fn stopped(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving
+                .await
+                .expect("the server task panicked")
+                .expect("the server failed");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+        }
+        let database = self.database.clone();
+        let postgres_database = self.postgres_database.take();
+        // Drop runs outside async context; a thread with its own runtime does the cleanup.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                database.close().await;
+                if let Some((admin_url, name)) = postgres_database {
+                    drop_postgres_database(&admin_url, &name).await;
+                }
+            });
+        })
+        .join()
+        .expect("clean up the test database");
+    }
+}
+
+/// Creates a fresh PostgreSQL database for one test: (admin URL, its name, its URL).
+async fn create_postgres_database() -> Option<(String, String, String)> {
+    let admin_url =
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+    let connect = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::PgConnection::connect(&admin_url),
+    )
+    .await;
+    let mut admin = match connect {
+        Ok(Ok(connection)) => connection,
+        failure => {
+            let reason = match failure {
+                Ok(Err(error)) => error.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+                panic!("PostgreSQL at {admin_url} is unreachable in CI: {reason}");
+            }
+            eprintln!("skipping: PostgreSQL at {admin_url} is unreachable: {reason}");
+            return None;
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let name = format!(
+        "{TEST_DATABASE_PREFIX}{now}_{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let _ = admin.close().await;
+    let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    Some((admin_url, name, url.to_string()))
+}
+
+async fn drop_postgres_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+        let _ = admin.close().await;
+    }
+}
+
+/// Generates each test twice: `sqlite::name` and `postgres::name`, each on a fresh server.
+macro_rules! backend_tests {
+    ($(async fn $name:ident($server:ident) $body:block)*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    #[allow(unused_mut)]
+                    let Some(mut $server) =
+                        $crate::support::TestServer::start($crate::support::Backend::Sqlite).await
+                    else {
+                        return;
+                    };
+                    $body
+                }
+            )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    #[allow(unused_mut)]
+                    let Some(mut $server) =
+                        $crate::support::TestServer::start($crate::support::Backend::Postgres).await
+                    else {
+                        return;
+                    };
+                    $body
+                }
+            )*
+        }
+    };
+}
+pub(crate) use backend_tests;
+
+// ---- building requests ----
+
+/// A product update with only its external id set.
+pub fn item(external_id: &str) -> pb::ProductUpdate {
+    pb::ProductUpdate {
+        external_id: external_id.to_owned(),
+        ..pb::ProductUpdate::default()
+    }
+}
+
+/// A product update with its external id and stock set.
+pub fn stocked(external_id: &str, in_stock: i64) -> pb::ProductUpdate {
+    pb::ProductUpdate {
+        in_stock: Some(in_stock),
+        ..item(external_id)
+    }
+}
+
+pub fn header(store_id: i64) -> pb::SyncHeader {
+    pb::SyncHeader {
+        store_id,
+        ..pb::SyncHeader::default()
+    }
+}
+
+/// The messages of a sync: the header alone, then the products in messages of `per_message`.
+pub fn messages(
+    header: pb::SyncHeader,
+    products: Vec<pb::ProductUpdate>,
+    per_message: usize,
+) -> Vec<pb::SyncRequest> {
+    let mut messages = vec![pb::SyncRequest {
+        header: Some(header),
+        products: Vec::new(),
+    }];
+    for chunk in products.chunks(per_message.max(1)) {
+        messages.push(pb::SyncRequest {
+            header: None,
+            products: chunk.to_vec(),
+        });
+    }
+    messages
+}
+
+/// Runs a sync with the products in messages of 100.
+pub async fn sync(
+    client: &mut InventorySyncClient<Channel>,
+    header: pb::SyncHeader,
+    products: Vec<pb::ProductUpdate>,
+) -> Result<pb::SyncResponse, tonic::Status> {
+    send(client, messages(header, products, 100)).await
+}
+
+/// Runs a sync made of exactly these messages.
+pub async fn send(
+    client: &mut InventorySyncClient<Channel>,
+    messages: Vec<pb::SyncRequest>,
+) -> Result<pb::SyncResponse, tonic::Status> {
+    client
+        .sync(tokio_stream::iter(messages))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Every product of a store, in the order the server lists them.
+pub async fn list(client: &mut InventorySyncClient<Channel>, store_id: i64) -> Vec<pb::Product> {
+    list_filtered(
+        client,
+        pb::ListProductsRequest {
+            store_id,
+            ..pb::ListProductsRequest::default()
+        },
+    )
+    .await
+}
+
+pub async fn list_filtered(
+    client: &mut InventorySyncClient<Channel>,
+    request: pb::ListProductsRequest,
+) -> Vec<pb::Product> {
+    let mut stream = client.list_products(request).await.unwrap().into_inner();
+    let mut products = Vec::new();
+    while let Some(product) = stream.message().await.unwrap() {
+        products.push(product);
+    }
+    products
+}
+
+/// One product by external id.
+pub async fn get(
+    client: &mut InventorySyncClient<Channel>,
+    store_id: i64,
+    external_id: &str,
+) -> Result<pb::Product, tonic::Status> {
+    client
+        .get_product(pb::GetProductRequest {
+            store_id,
+            key: Some(pb::get_product_request::Key::ExternalId(
+                external_id.to_owned(),
+            )),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The field paths of the `BadRequest` detail of an `INVALID_ARGUMENT` status.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "expected INVALID_ARGUMENT, got {status:?}"
+    );
+    let bad_request = status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT carries a BadRequest detail");
+    bad_request
+        .field_violations
+        .into_iter()
+        .map(|violation| violation.field)
+        .collect()
+}
+
+/// `(external_id, in_stock)` of every product of a store: a compact picture of its state.
+pub async fn stock(
+    client: &mut InventorySyncClient<Channel>,
+    store_id: i64,
+) -> Vec<(String, Option<i64>)> {
+    list(client, store_id)
+        .await
+        .into_iter()
+        .map(|product| (product.external_id, product.in_stock))
+        .collect()
+}

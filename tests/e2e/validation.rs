@@ -1,0 +1,223 @@
+//! Bad input: `INVALID_ARGUMENT` naming every offending place, and nothing committed.
+
+use inventory_sync::pb;
+
+use crate::support::*;
+
+const STORE: i64 = 42;
+
+/// Puts a known state in the store and returns it, to check later that nothing changed.
+async fn seed(
+    client: &mut pb::inventory_sync_client::InventorySyncClient<tonic::transport::Channel>,
+) -> Vec<pb::Product> {
+    let products = vec![
+        pb::ProductUpdate {
+            barcodes: vec!["777".into()],
+            ..stocked("kept", 5)
+        },
+        stocked("other", 2),
+    ];
+    sync(client, header(STORE), products).await.unwrap();
+    list(client, STORE).await
+}
+
+backend_tests! {
+    async fn every_invalid_field_is_reported_with_its_place_and_nothing_is_committed(server) {
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        let long = "x".repeat(129);
+        let products = vec![
+            stocked("kept", 100),                                              // 0: valid
+            item(""),                                                          // 1
+            item(&long),                                                       // 2
+            stocked("neg", -1),                                                // 3
+            pb::ProductUpdate { price: Some("-1".into()), ..item("p1") },      // 4
+            pb::ProductUpdate { price: Some("1.23456".into()), ..item("p2") }, // 5
+            pb::ProductUpdate { price: Some("ten".into()), ..item("p3") },     // 6
+            pb::ProductUpdate { abv: Some(f64::NAN), ..item("a1") },           // 7
+            pb::ProductUpdate { abv: Some(100.5), ..item("a2") },              // 8
+            pb::ProductUpdate { proof: Some(-0.1), ..item("pr") },             // 9
+            pb::ProductUpdate { name: Some("n".repeat(513)), ..item("n") },    // 10
+            pb::ProductUpdate { unit_size: Some("u".repeat(65)), ..item("u") },// 11
+            pb::ProductUpdate { barcodes: vec!["ok".into(), "".into()], ..item("b1") }, // 12
+            pb::ProductUpdate { barcodes: vec!["9".repeat(65)], ..item("b2") },         // 13
+            pb::ProductUpdate { category: 9, ..item("c") },                    // 14
+            pb::ProductUpdate { name: Some("bad\0name".into()), ..item("z") }, // 15
+        ];
+        let status = sync(&mut client, header(STORE), products).await.unwrap_err();
+        assert_eq!(
+            violated_fields(&status),
+            [
+                "products[1].external_id",
+                "products[2].external_id",
+                "products[3].in_stock",
+                "products[4].price",
+                "products[5].price",
+                "products[6].price",
+                "products[7].abv",
+                "products[8].abv",
+                "products[9].proof",
+                "products[10].name",
+                "products[11].unit_size",
+                "products[12].barcodes[1]",
+                "products[13].barcodes[0]",
+                "products[14].category",
+                "products[15].name",
+            ]
+        );
+        assert!(status.message().contains("15 problems"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before, "nothing was committed");
+    }
+
+    async fn the_same_external_id_twice_in_one_sync_is_refused(server) {
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        let status = sync(
+            &mut client,
+            header(STORE),
+            vec![stocked("a", 1), stocked("b", 1), stocked("a", 2), stocked("new", 1)],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&status), ["products[2].external_id"]);
+        assert!(status.message().contains("products[0]"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
+
+    async fn a_barcode_given_to_two_products_of_the_batch_is_refused(server) {
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        let status = sync(
+            &mut client,
+            header(STORE),
+            vec![
+                pb::ProductUpdate { barcodes: vec!["123".into()], ..item("x") },
+                pb::ProductUpdate { barcodes: vec!["456".into(), "123".into()], ..item("y") },
+            ],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&status), ["products[1].barcodes"]);
+        assert!(status.message().contains("\"123\""), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
+
+    async fn a_barcode_of_a_stored_product_that_keeps_it_is_refused(server) {
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        // "kept" owns 777 and is not in this sync, so it keeps it.
+        let status = sync(
+            &mut client,
+            header(STORE),
+            vec![stocked("other", 9), pb::ProductUpdate { barcodes: vec!["777".into()], ..item("thief") }],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&status), ["products[1].barcodes"]);
+        assert!(status.message().contains("kept"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+
+        // Listed without barcodes, "kept" still keeps 777.
+        let status = sync(
+            &mut client,
+            header(STORE),
+            vec![stocked("kept", 1), pb::ProductUpdate { barcodes: vec!["777".into()], ..item("thief") }],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&status), ["products[1].barcodes"]);
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
+
+    async fn the_first_message_must_carry_the_header(server) {
+        let mut client = server.client().await;
+        let status = send(
+            &mut client,
+            vec![pb::SyncRequest { header: None, products: vec![stocked("a", 1)] }],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&status), ["header"]);
+
+        let status = send(&mut client, vec![]).await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["header"]);
+    }
+
+    async fn a_header_on_a_later_message_is_refused(server) {
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        let mut stream = messages(header(STORE), vec![stocked("a", 1)], 1);
+        stream.push(pb::SyncRequest { header: Some(header(STORE)), products: vec![stocked("b", 1)] });
+        let status = send(&mut client, stream).await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["header"]);
+        assert!(status.message().contains("message 3"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
+
+    async fn store_id_must_be_positive(server) {
+        let mut client = server.client().await;
+        for store_id in [0, -5] {
+            let status = sync(&mut client, header(store_id), vec![stocked("a", 1)]).await.unwrap_err();
+            assert_eq!(violated_fields(&status), ["header.store_id"]);
+        }
+    }
+
+    async fn header_options_of_later_features_are_refused_by_name(server) {
+        let mut client = server.client().await;
+        let cases = [
+            (pb::SyncHeader { key: pb::KeyField::Barcode as i32, ..header(STORE) }, "KEY_FIELD_BARCODE"),
+            (pb::SyncHeader { idempotency_key: "k".into(), ..header(STORE) }, "idempotency_key"),
+            (pb::SyncHeader { skip_invalid: true, ..header(STORE) }, "skip_invalid"),
+            (pb::SyncHeader { allow_mass_clear: true, ..header(STORE) }, "allow_mass_clear"),
+        ];
+        for (header, field) in cases {
+            let status = sync(&mut client, header, vec![stocked("a", 1)]).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{field}");
+            assert!(status.message().contains(field), "{}", status.message());
+        }
+        assert!(list(&mut client, STORE).await.is_empty());
+
+        // The explicit default key is the external id.
+        let explicit = pb::SyncHeader { key: pb::KeyField::ExternalId as i32, ..header(STORE) };
+        assert_eq!(sync(&mut client, explicit, vec![stocked("a", 1)]).await.unwrap().created, 1);
+    }
+
+    async fn violations_are_listed_up_to_a_cap_and_all_counted(server) {
+        let mut client = server.client().await;
+        let products: Vec<_> = (0..500).map(|n| stocked(&format!("p{n}"), -1)).collect();
+        let status = sync(&mut client, header(STORE), products).await.unwrap_err();
+        let fields = violated_fields(&status);
+        assert_eq!(fields.len(), 100);
+        assert_eq!(fields[99], "products[99].in_stock");
+        assert!(status.message().contains("500 problems"), "{}", status.message());
+    }
+}
+
+mod limits {
+    use inventory_sync::sync::SyncLimits;
+
+    use crate::support::*;
+
+    #[tokio::test]
+    async fn a_sync_over_the_product_limit_is_refused_and_commits_nothing() {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let limits = SyncLimits {
+                max_products: 10,
+                ..SyncLimits::default()
+            };
+            let Some(server) = TestServer::start_with(backend, limits).await else {
+                continue;
+            };
+            let mut client = server.client().await;
+            let products: Vec<_> = (0..11).map(|n| stocked(&format!("p{n}"), 1)).collect();
+            let status = sync(&mut client, header(1), products).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{backend:?}");
+            assert!(
+                status.message().contains("at most 10"),
+                "{}",
+                status.message()
+            );
+            assert!(list(&mut client, 1).await.is_empty());
+        }
+    }
+}
