@@ -70,6 +70,91 @@ macro_rules! merge_into_locked_store {
     }};
 }
 
+/// Reads shared by both backends, expanded once per backend with its pool type and
+/// statements (sqlx gives the two backends no common executor type to write them once).
+macro_rules! product_reads {
+    ($database:ty, $statements:ident) => {
+        pub(super) async fn product(
+            pool: &sqlx::Pool<$database>,
+            store_id: i64,
+            key: &$crate::store::ProductKey,
+        ) -> Result<Option<$crate::store::ProductRecord>, $crate::store::StoreError> {
+            let (statement, value) = match key {
+                $crate::store::ProductKey::ExternalId(external_id) => (
+                    $statements.select_product_by_external_id.as_str(),
+                    external_id,
+                ),
+                $crate::store::ProductKey::Barcode(barcode) => {
+                    ($statements.select_product_by_barcode.as_str(), barcode)
+                }
+            };
+            Ok(sqlx::query_as(statement)
+                .bind(store_id)
+                .bind(value)
+                .fetch_optional(pool)
+                .await?)
+        }
+
+        pub(super) async fn products_page(
+            pool: &sqlx::Pool<$database>,
+            filter: &$crate::store::ProductFilter,
+            after_id: i64,
+            limit: i64,
+        ) -> Result<Vec<$crate::store::ProductRecord>, $crate::store::StoreError> {
+            Ok(sqlx::query_as($statements.select_products_page.as_str())
+                .bind(filter.store_id)
+                .bind(after_id)
+                .bind(filter.match_status)
+                .bind(filter.in_stock_only)
+                .bind(filter.updated_since)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?)
+        }
+    };
+}
+
+/// The staging steps shared by both backends: opening, the batch's own conflicts, cleanup.
+macro_rules! staging_common {
+    ($database:ty) => {
+        pub(super) async fn open(
+            pool: &sqlx::Pool<$database>,
+        ) -> Result<Self, $crate::store::StoreError> {
+            let mut connection = pool.acquire().await?;
+            sqlx::raw_sql(sql::CREATE_STAGING)
+                .execute(&mut *connection)
+                .await?;
+            Ok(Staging { connection })
+        }
+
+        async fn find_batch_conflicts(
+            &mut self,
+            limit: usize,
+        ) -> Result<Vec<$crate::store::BatchConflict>, $crate::store::StoreError> {
+            let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
+                .bind($crate::store::sql_limit(limit))
+                .fetch_all(&mut *self.connection)
+                .await?;
+            let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
+                .bind($crate::store::sql_limit(limit))
+                .fetch_all(&mut *self.connection)
+                .await?;
+            Ok($crate::store::conflicts_from_rows(duplicates, shared, limit))
+        }
+
+        pub(super) async fn close(mut self) {
+            if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
+                .execute(&mut *self.connection)
+                .await
+            {
+                // The connection may hold staged rows; never hand it to another request.
+                tracing::warn!(%error, "could not drop the staging tables; closing the connection");
+                let _ = self.connection.detach().close().await;
+            }
+        }
+    };
+}
+
 mod postgres;
 mod sql;
 mod sqlite;

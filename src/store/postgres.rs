@@ -9,10 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool, Postgres};
 
 use super::sql::{self, POSTGRES};
-use super::{
-    BatchConflict, MergeOutcome, MergeRequest, ProductFilter, ProductKey, ProductRecord,
-    StoreError, conflicts_from_rows, sql_limit, staged_barcodes,
-};
+use super::{BatchConflict, MergeOutcome, MergeRequest, StoreError, staged_barcodes};
 use crate::sync::StagedProduct;
 
 const MAX_CONNECTIONS: u32 = 16;
@@ -26,40 +23,7 @@ pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     Ok(pool)
 }
 
-pub(super) async fn product(
-    pool: &PgPool,
-    store_id: i64,
-    key: &ProductKey,
-) -> Result<Option<ProductRecord>, StoreError> {
-    let (statement, value) = match key {
-        ProductKey::ExternalId(external_id) => {
-            (POSTGRES.select_product_by_external_id.as_str(), external_id)
-        }
-        ProductKey::Barcode(barcode) => (POSTGRES.select_product_by_barcode.as_str(), barcode),
-    };
-    Ok(sqlx::query_as(statement)
-        .bind(store_id)
-        .bind(value)
-        .fetch_optional(pool)
-        .await?)
-}
-
-pub(super) async fn products_page(
-    pool: &PgPool,
-    filter: &ProductFilter,
-    after_id: i64,
-    limit: i64,
-) -> Result<Vec<ProductRecord>, StoreError> {
-    Ok(sqlx::query_as(POSTGRES.select_products_page.as_str())
-        .bind(filter.store_id)
-        .bind(after_id)
-        .bind(filter.match_status)
-        .bind(filter.in_stock_only)
-        .bind(filter.updated_since)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?)
-}
+product_reads!(sqlx::Postgres, POSTGRES);
 
 /// The staging area of one sync on PostgreSQL.
 pub struct Staging {
@@ -67,14 +31,6 @@ pub struct Staging {
 }
 
 impl Staging {
-    pub(super) async fn open(pool: &PgPool) -> Result<Self, StoreError> {
-        let mut connection = pool.acquire().await?;
-        sqlx::raw_sql(sql::CREATE_STAGING)
-            .execute(&mut *connection)
-            .await?;
-        Ok(Staging { connection })
-    }
-
     pub(super) async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
         let mut rows = CopyText::default();
         let mut barcode_rows = CopyText::default();
@@ -129,15 +85,7 @@ impl Staging {
         sqlx::raw_sql("ANALYZE staged_products; ANALYZE staged_barcodes")
             .execute(&mut *self.connection)
             .await?;
-        let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
-        let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
-        Ok(conflicts_from_rows(duplicates, shared, limit))
+        self.find_batch_conflicts(limit).await
     }
 
     pub(super) async fn merge(
@@ -158,16 +106,7 @@ impl Staging {
         merge_into_locked_store!(tx, POSTGRES, request, abandoned)
     }
 
-    pub(super) async fn close(mut self) {
-        if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
-            .execute(&mut *self.connection)
-            .await
-        {
-            // The connection may hold staged rows; never hand it to another request.
-            tracing::warn!(%error, "could not drop the staging tables; closing the connection");
-            let _ = self.connection.detach().close().await;
-        }
-    }
+    staging_common!(sqlx::Postgres);
 }
 
 /// Rows in PostgreSQL's `COPY … FROM STDIN` text format: tab-separated fields, `\N` for

@@ -10,10 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
 
 use super::sql::{self, SQLITE};
-use super::{
-    BatchConflict, MergeOutcome, MergeRequest, ProductFilter, ProductKey, ProductRecord,
-    StoreError, conflicts_from_rows, sql_limit, staged_barcodes,
-};
+use super::{BatchConflict, MergeOutcome, MergeRequest, StoreError, staged_barcodes};
 use crate::sync::StagedProduct;
 
 /// How long a writer waits for another writer's merge before giving up.
@@ -41,40 +38,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     Ok(pool)
 }
 
-pub(super) async fn product(
-    pool: &SqlitePool,
-    store_id: i64,
-    key: &ProductKey,
-) -> Result<Option<ProductRecord>, StoreError> {
-    let (statement, value) = match key {
-        ProductKey::ExternalId(external_id) => {
-            (SQLITE.select_product_by_external_id.as_str(), external_id)
-        }
-        ProductKey::Barcode(barcode) => (SQLITE.select_product_by_barcode.as_str(), barcode),
-    };
-    Ok(sqlx::query_as(statement)
-        .bind(store_id)
-        .bind(value)
-        .fetch_optional(pool)
-        .await?)
-}
-
-pub(super) async fn products_page(
-    pool: &SqlitePool,
-    filter: &ProductFilter,
-    after_id: i64,
-    limit: i64,
-) -> Result<Vec<ProductRecord>, StoreError> {
-    Ok(sqlx::query_as(SQLITE.select_products_page.as_str())
-        .bind(filter.store_id)
-        .bind(after_id)
-        .bind(filter.match_status)
-        .bind(filter.in_stock_only)
-        .bind(filter.updated_since)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?)
-}
+product_reads!(sqlx::Sqlite, SQLITE);
 
 /// The staging area of one sync on SQLite.
 pub struct Staging {
@@ -82,14 +46,6 @@ pub struct Staging {
 }
 
 impl Staging {
-    pub(super) async fn open(pool: &SqlitePool) -> Result<Self, StoreError> {
-        let mut connection = pool.acquire().await?;
-        sqlx::raw_sql(sql::CREATE_STAGING)
-            .execute(&mut *connection)
-            .await?;
-        Ok(Staging { connection })
-    }
-
     pub(super) async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
         // One transaction per batch: a journal sync per batch instead of per statement.
         // It is a transaction of the temporary database only.
@@ -140,15 +96,7 @@ impl Staging {
         &mut self,
         limit: usize,
     ) -> Result<Vec<BatchConflict>, StoreError> {
-        let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
-        let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
-        Ok(conflicts_from_rows(duplicates, shared, limit))
+        self.find_batch_conflicts(limit).await
     }
 
     pub(super) async fn merge(
@@ -167,14 +115,5 @@ impl Staging {
         merge_into_locked_store!(tx, SQLITE, request, abandoned)
     }
 
-    pub(super) async fn close(mut self) {
-        if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
-            .execute(&mut *self.connection)
-            .await
-        {
-            // The connection may hold staged rows; never hand it to another request.
-            tracing::warn!(%error, "could not drop the staging tables; closing the connection");
-            let _ = self.connection.detach().close().await;
-        }
-    }
+    staging_common!(sqlx::Sqlite);
 }
