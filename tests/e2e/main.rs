@@ -5,6 +5,7 @@
 mod support;
 
 mod atomicity;
+mod binary;
 mod reads;
 mod serving;
 mod sync_counts;
