@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Replays the README's grpcurl walkthrough against a fresh server and checks every output.
 
-Usage: readme_walkthrough.py PATH/TO/inventory-sync [README.md]
+Usage: readme_walkthrough.py PATH/TO/inventory-sync [README.md] [--update]
 
 Each ```console block of the README holds commands (lines starting with "$ ", plus any
 heredoc lines up to its terminator) followed by their expected output. The commands run
 against a server on a free port over a new SQLite file; JSON outputs are compared as JSON
-with ids of syncs and timestamps ignored, other outputs as text.
+with ids of syncs and timestamps ignored, other outputs as text. With --update, the README's
+expected outputs are rewritten with what the commands printed (review the diff!).
 """
 
 import json
@@ -24,10 +25,13 @@ README_ADDRESS = "127.0.0.1:50051"
 VOLATILE_KEYS = {"syncId", "createdAt", "updatedAt"}
 
 
+CONSOLE_BLOCK = re.compile(r"```console\n(.*?)```", re.S)
+
+
 def parse_blocks(readme):
     """[(command, expected_output)] of every ```console block, in order."""
     steps = []
-    for block in re.findall(r"```console\n(.*?)```", readme, re.S):
+    for block in CONSOLE_BLOCK.findall(readme):
         lines = block.splitlines()
         i = 0
         while i < len(lines):
@@ -105,11 +109,30 @@ def wait_until_serving(address, server, deadline_seconds=60):
     raise SystemExit("the server did not become healthy in time")
 
 
+def rewrite(readme, outputs):
+    """The README with each console block's expected outputs replaced by `outputs`."""
+    outputs = iter(outputs)
+
+    def block(match):
+        lines = []
+        for command, _ in parse_blocks(match.group(0)):
+            lines.append("$ " + command)
+            output = next(outputs)
+            if output:
+                lines.append(output)
+        return "```console\n" + "\n".join(lines) + "\n```"
+
+    return CONSOLE_BLOCK.sub(block, readme)
+
+
 def main():
-    binary = sys.argv[1]
-    readme_path = sys.argv[2] if len(sys.argv) > 2 else "README.md"
+    arguments = [a for a in sys.argv[1:] if a != "--update"]
+    update = len(arguments) != len(sys.argv) - 1
+    binary = arguments[0]
+    readme_path = arguments[1] if len(arguments) > 1 else "README.md"
     with open(readme_path, encoding="utf-8") as readme:
-        steps = parse_blocks(readme.read())
+        text = readme.read()
+    steps = parse_blocks(text)
     if not steps:
         raise SystemExit("no console blocks found in the README")
 
@@ -123,6 +146,7 @@ def main():
         try:
             wait_until_serving(address, server)
             failures = 0
+            outputs = []
             for command, expected in steps:
                 run = subprocess.run(
                     ["bash", "-c", command.replace(README_ADDRESS, address)],
@@ -131,6 +155,7 @@ def main():
                     env=environment_with_grpcurl(),
                 )
                 actual = (run.stdout + run.stderr).strip()
+                outputs.append(actual)
                 expected_json, actual_json = json_documents(expected), json_documents(actual)
                 if expected_json is not None and expected_json == actual_json:
                     continue
@@ -138,6 +163,10 @@ def main():
                     continue
                 failures += 1
                 print(f"README step differs:\n$ {command}\n--- expected\n{expected}\n--- actual\n{actual}\n")
+            if update:
+                with open(readme_path, "w", encoding="utf-8") as readme:
+                    readme.write(rewrite(text, outputs))
+                print(f"rewrote {readme_path}")
             print(f"walkthrough: {len(steps) - failures} passed, {failures} failed")
             sys.exit(1 if failures else 0)
         finally:

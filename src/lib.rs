@@ -10,6 +10,7 @@
 //! - [`grpc`]: thin adapters from the generated service traits to the domain; the one
 //!   place where errors become `tonic::Status`.
 //! - [`sync`]: the domain: validated products, the sync session and its counts.
+//! - [`matching`]: the catalog team's matching queue and its transitions.
 //! - [`store`]: the database: SQLite and PostgreSQL behind one type, all SQL in one place.
 //! - [`activity`]: what is in flight right now (syncs, products), for operators and tests.
 //! - [`pb`]: code generated from `proto/inventory/v1/inventory.proto`.
@@ -17,6 +18,7 @@
 pub mod activity;
 pub mod config;
 pub mod grpc;
+pub mod matching;
 pub mod pb;
 pub mod server;
 pub mod store;

@@ -1,4 +1,4 @@
-//! Assembles the gRPC services (InventorySync, health, reflection) and serves them until
+//! Assembles the gRPC services (InventorySync, MatchQueue, health, reflection) and serves them until
 //! the injected shutdown future completes. Shutdown is graceful: the listener closes and
 //! requests in flight finish; a sync whose stream is cut commits nothing.
 
@@ -9,9 +9,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::activity::Activity;
-use crate::grpc::InventoryService;
+use crate::grpc::{InventoryService, MatchQueueService};
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySyncServer;
+use crate::pb::match_queue_server::MatchQueueServer;
 use crate::store::Database;
 use crate::sync::{SyncEngine, SyncLimits};
 
@@ -45,12 +46,17 @@ pub async fn run(
         state.activity.clone(),
         state.limits.clone(),
     );
-    let inventory = InventorySyncServer::new(InventoryService::new(engine, state.database))
+    let inventory = InventorySyncServer::new(InventoryService::new(engine, state.database.clone()))
+        .max_decoding_message_size(state.max_message_bytes);
+    let match_queue = MatchQueueServer::new(MatchQueueService::new(state.database))
         .max_decoding_message_size(state.max_message_bytes);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<InventorySyncServer<InventoryService>>()
+        .await;
+    health_reporter
+        .set_serving::<MatchQueueServer<MatchQueueService>>()
         .await;
 
     // grpcurl and older tools speak only v1alpha reflection; newer ones prefer v1. The
@@ -67,6 +73,7 @@ pub async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(inventory)
+        .add_service(match_queue)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -49,6 +49,7 @@ impl From<ProductRecord> for pb::Product {
             catalog_item,
             created_at: Some(timestamp_from_micros(record.created_at)),
             updated_at: Some(timestamp_from_micros(record.updated_at)),
+            claimed_by: record.claimed_by.unwrap_or_default(),
         }
     }
 }
@@ -63,6 +64,7 @@ impl From<SyncSummary> for pb::SyncResponse {
             updated: counts.updated,
             unchanged: counts.unchanged,
             cleared: counts.cleared,
+            linked: counts.linked,
             dry_run: summary.dry_run,
             ..pb::SyncResponse::default()
         }

@@ -1,24 +1,15 @@
 //! The `inventory.v1.InventorySync` service.
 
-use std::pin::Pin;
-
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::convert::micros_from_timestamp;
+use super::pages::{PAGE_SIZE, ProductStream, stream_pages};
 use super::status::invalid_field;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySync;
 use crate::store::{Database, ProductFilter, ProductKey};
 use crate::sync::{SyncEngine, SyncOptions, Violation};
-
-/// Products read from the database per query while listing.
-const LIST_PAGE_SIZE: i64 = 500;
-/// Products buffered between the database and a slow reader of a listing.
-const LIST_BUFFER: usize = 256;
 
 /// Serves syncs and reads of one database.
 #[derive(Debug, Clone)]
@@ -32,8 +23,6 @@ impl InventoryService {
         InventoryService { engine, database }
     }
 }
-
-type ProductStream = Pin<Box<dyn Stream<Item = Result<pb::Product, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl InventorySync for InventoryService {
@@ -136,45 +125,17 @@ impl InventorySync for InventoryService {
             updated_since: request.updated_since.as_ref().map(micros_from_timestamp),
         };
 
-        let (sender, receiver) = mpsc::channel(LIST_BUFFER);
         let database = self.database.clone();
         let span = tracing::info_span!("list_products", store_id = request.store_id);
-        // Pages by id, so a slow reader holds no database connection between pages.
-        tokio::spawn(
-            async move {
-                let mut after_id = 0;
-                loop {
-                    let page = match database
-                        .products_page(&filter, after_id, LIST_PAGE_SIZE)
-                        .await
-                    {
-                        Ok(page) => page,
-                        Err(error) => {
-                            let _ = sender.send(Err(error.into())).await;
-                            return;
-                        }
-                    };
-                    let last_page = (page.len() as i64) < LIST_PAGE_SIZE;
-                    for record in page {
-                        after_id = record.id;
-                        if sender.send(Ok(record.into())).await.is_err() {
-                            return; // the reader went away
-                        }
-                    }
-                    if last_page {
-                        return;
-                    }
-                }
-            }
-            .instrument(span),
-        );
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(receiver)) as ProductStream
-        ))
+        Ok(Response::new(stream_pages(span, move |after_id| {
+            let database = database.clone();
+            let filter = filter.clone();
+            async move { database.products_page(&filter, after_id, PAGE_SIZE).await }
+        })))
     }
 }
 
-fn check_store_id(store_id: i64) -> Result<(), Status> {
+pub(crate) fn check_store_id(store_id: i64) -> Result<(), Status> {
     if store_id <= 0 {
         return Err(invalid_field(
             "store_id",

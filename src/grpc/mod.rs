@@ -3,6 +3,9 @@
 
 mod convert;
 mod inventory;
+mod match_queue;
+mod pages;
 mod status;
 
 pub use inventory::InventoryService;
+pub use match_queue::MatchQueueService;

@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::matching::MatchError;
 use crate::store::StoreError;
 use crate::sync::{SyncError, Violation, Violations};
 
@@ -21,6 +22,17 @@ impl From<SyncError> for Status {
                 tracing::error!(%detail, "sync worker failed");
                 Status::internal("internal error; the server log has the details")
             }
+        }
+    }
+}
+
+impl From<MatchError> for Status {
+    fn from(error: MatchError) -> Self {
+        match error {
+            MatchError::Invalid(violations) => invalid_argument(&violations),
+            MatchError::NotFound { .. } => Status::not_found(error.to_string()),
+            MatchError::WrongStatus { .. } => Status::failed_precondition(error.to_string()),
+            MatchError::Store(error) => error.into(),
         }
     }
 }

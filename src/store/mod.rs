@@ -1,163 +1,15 @@
 //! The database: SQLite (the embedded default) and PostgreSQL (for many replicas) behind
 //! one type. The SQL lives in [`sql`]; each backend module only binds and runs it.
 
-/// The part of a merge after the store is locked, the same on both backends: refuse
-/// barcode conflicts with stored products, then write, count, and commit (or roll back for
-/// a dry run or an abandoned sync). A macro because the two backends' transactions share no
-/// executor type.
-macro_rules! merge_into_locked_store {
-    ($tx:ident, $statements:ident, $request:ident, $abandoned:ident) => {{
-        use $crate::store::{MergeCounts, MergeOutcome, sql_limit, stored_conflicts_from_rows};
-        let store_id = $request.store_id;
-        let conflicts: Vec<(i64, String, Option<String>)> =
-            sqlx::query_as($statements.stored_barcode_conflicts.as_str())
-                .bind(store_id)
-                .bind(sql_limit($request.max_conflicts))
-                .fetch_all(&mut *$tx)
-                .await?;
-        if !conflicts.is_empty() {
-            $tx.rollback().await?;
-            return Ok(MergeOutcome::Conflicts(stored_conflicts_from_rows(
-                conflicts,
-            )));
-        }
-
-        sqlx::query($statements.delete_replaced_barcodes.as_str())
-            .bind(store_id)
-            .execute(&mut *$tx)
-            .await?;
-        let updated = sqlx::query($statements.update_changed_products.as_str())
-            .bind(store_id)
-            .bind($request.now)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected();
-        let created = sqlx::query($statements.insert_new_products.as_str())
-            .bind(store_id)
-            .bind($request.now)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected();
-        sqlx::query($statements.insert_missing_barcodes.as_str())
-            .bind(store_id)
-            .execute(&mut *$tx)
-            .await?;
-        let cleared = if $request.clear {
-            sqlx::query($statements.clear_unlisted_products.as_str())
-                .bind(store_id)
-                .bind($request.now)
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected()
-        } else {
-            0
-        };
-
-        if $abandoned() {
-            $tx.rollback().await?;
-            return Ok(MergeOutcome::Abandoned);
-        }
-        if $request.dry_run {
-            $tx.rollback().await?;
-        } else {
-            $tx.commit().await?;
-        }
-        Ok(MergeOutcome::Applied(MergeCounts {
-            created,
-            updated,
-            cleared,
-        }))
-    }};
-}
-
-/// Reads shared by both backends, expanded once per backend with its pool type and
-/// statements (sqlx gives the two backends no common executor type to write them once).
-macro_rules! product_reads {
-    ($database:ty, $statements:ident) => {
-        pub(super) async fn product(
-            pool: &sqlx::Pool<$database>,
-            store_id: i64,
-            key: &$crate::store::ProductKey,
-        ) -> Result<Option<$crate::store::ProductRecord>, $crate::store::StoreError> {
-            let (statement, value) = match key {
-                $crate::store::ProductKey::ExternalId(external_id) => (
-                    $statements.select_product_by_external_id.as_str(),
-                    external_id,
-                ),
-                $crate::store::ProductKey::Barcode(barcode) => {
-                    ($statements.select_product_by_barcode.as_str(), barcode)
-                }
-            };
-            Ok(sqlx::query_as(statement)
-                .bind(store_id)
-                .bind(value)
-                .fetch_optional(pool)
-                .await?)
-        }
-
-        pub(super) async fn products_page(
-            pool: &sqlx::Pool<$database>,
-            filter: &$crate::store::ProductFilter,
-            after_id: i64,
-            limit: i64,
-        ) -> Result<Vec<$crate::store::ProductRecord>, $crate::store::StoreError> {
-            Ok(sqlx::query_as($statements.select_products_page.as_str())
-                .bind(filter.store_id)
-                .bind(after_id)
-                .bind(filter.match_status)
-                .bind(filter.in_stock_only)
-                .bind(filter.updated_since)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?)
-        }
-    };
-}
-
-/// The staging steps shared by both backends: opening, the batch's own conflicts, cleanup.
-macro_rules! staging_common {
-    ($database:ty) => {
-        pub(super) async fn open(
-            pool: &sqlx::Pool<$database>,
-        ) -> Result<Self, $crate::store::StoreError> {
-            let mut connection = pool.acquire().await?;
-            sqlx::raw_sql(sql::CREATE_STAGING)
-                .execute(&mut *connection)
-                .await?;
-            Ok(Staging { connection })
-        }
-
-        async fn find_batch_conflicts(
-            &mut self,
-            limit: usize,
-        ) -> Result<Vec<$crate::store::BatchConflict>, $crate::store::StoreError> {
-            let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
-                .bind($crate::store::sql_limit(limit))
-                .fetch_all(&mut *self.connection)
-                .await?;
-            let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
-                .bind($crate::store::sql_limit(limit))
-                .fetch_all(&mut *self.connection)
-                .await?;
-            Ok($crate::store::conflicts_from_rows(duplicates, shared, limit))
-        }
-
-        pub(super) async fn close(mut self) {
-            if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
-                .execute(&mut *self.connection)
-                .await
-            {
-                // The connection may hold staged rows; never hand it to another request.
-                tracing::warn!(%error, "could not drop the staging tables; closing the connection");
-                let _ = self.connection.detach().close().await;
-            }
-        }
-    };
-}
-
+#[macro_use]
+mod merge;
+#[macro_use]
+mod live;
 mod postgres;
 mod sql;
 mod sqlite;
+
+pub use merge::{BatchConflict, MergeCounts, MergeOutcome, MergeRequest};
 
 use std::fmt;
 use std::str::FromStr;
@@ -264,6 +116,27 @@ pub struct ProductFilter {
     pub updated_since: Option<i64>,
 }
 
+/// Filters of the matching queue.
+#[derive(Debug, Clone, Default)]
+pub struct PendingFilter {
+    /// 0 = every store.
+    pub store_id: i64,
+    /// 0 = every category.
+    pub category: i32,
+    /// List products being matched too, not only those waiting.
+    pub include_in_progress: bool,
+}
+
+/// A catalog item as the matching queue stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogItemFields<'a> {
+    pub id: i64,
+    pub kind: i32,
+    pub name: &'a str,
+    pub vintage: &'a str,
+    pub producer: &'a str,
+}
+
 /// A product as stored, one row of `products`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProductRecord {
@@ -280,6 +153,8 @@ pub struct ProductRecord {
     pub proof: Option<f64>,
     pub category: i32,
     pub match_status: i32,
+    /// Who is matching the product, while it is in progress.
+    pub claimed_by: Option<String>,
     pub catalog_item_id: Option<i64>,
     pub catalog_kind: Option<i32>,
     pub catalog_name: Option<String>,
@@ -335,6 +210,66 @@ impl Database {
         }
     }
 
+    /// One product by the service's own id.
+    pub async fn product_by_id(
+        &self,
+        product_id: i64,
+    ) -> Result<Option<ProductRecord>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::product_by_id(pool, product_id).await,
+            Database::Postgres(pool) => postgres::product_by_id(pool, product_id).await,
+        }
+    }
+
+    /// Up to `limit` products of the matching queue with ids above `after_id`, oldest first.
+    pub async fn pending_page(
+        &self,
+        filter: &PendingFilter,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ProductRecord>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::pending_page(pool, filter, after_id, limit).await,
+            Database::Postgres(pool) => postgres::pending_page(pool, filter, after_id, limit).await,
+        }
+    }
+
+    /// Moves a pending product to in progress; `false` if it was not pending (or is unknown).
+    pub async fn claim(
+        &self,
+        product_id: i64,
+        claimed_by: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::claim(pool, product_id, claimed_by, now).await,
+            Database::Postgres(pool) => postgres::claim(pool, product_id, claimed_by, now).await,
+        }
+    }
+
+    /// Completes a pending or in-progress product with its catalog item; `false` if it was in
+    /// neither state (or is unknown).
+    pub async fn complete(
+        &self,
+        product_id: i64,
+        item: &CatalogItemFields<'_>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let row = (item.id, item.kind, item.name, item.vintage, item.producer);
+        match self {
+            Database::Sqlite(pool) => sqlite::complete(pool, product_id, row, now).await,
+            Database::Postgres(pool) => postgres::complete(pool, product_id, row, now).await,
+        }
+    }
+
+    /// Moves an in-progress product back to pending; `false` if it was not in progress.
+    pub async fn release(&self, product_id: i64) -> Result<bool, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::release(pool, product_id).await,
+            Database::Postgres(pool) => postgres::release(pool, product_id).await,
+        }
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         match self {
@@ -342,73 +277,6 @@ impl Database {
             Database::Postgres(pool) => pool.close().await,
         }
     }
-}
-
-/// A problem of a batch that only shows across products (as opposed to a bad field).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchConflict {
-    /// Product `index` repeats the external id of product `first_index`.
-    DuplicateExternalId {
-        index: u64,
-        first_index: u64,
-        external_id: String,
-    },
-    /// Product `index` carries a barcode that product `first_index` of the batch carries too.
-    BarcodeSharedInBatch {
-        index: u64,
-        first_index: u64,
-        barcode: String,
-    },
-    /// Product `index` carries a barcode that a stored product keeps after the sync.
-    BarcodeOwnedByStoredProduct {
-        index: u64,
-        barcode: String,
-        owner_external_id: Option<String>,
-    },
-}
-
-impl BatchConflict {
-    /// Position of the offending product in the stream.
-    pub fn index(&self) -> u64 {
-        match self {
-            BatchConflict::DuplicateExternalId { index, .. }
-            | BatchConflict::BarcodeSharedInBatch { index, .. }
-            | BatchConflict::BarcodeOwnedByStoredProduct { index, .. } => *index,
-        }
-    }
-}
-
-/// What the final transaction of a sync does.
-#[derive(Debug, Clone)]
-pub struct MergeRequest {
-    pub store_id: i64,
-    pub clear: bool,
-    /// Roll back instead of committing, after computing every count.
-    pub dry_run: bool,
-    /// The sync's time, microseconds since the Unix epoch: `created_at`/`updated_at` of
-    /// every row it writes.
-    pub now: i64,
-    /// How many conflicts to report at most.
-    pub max_conflicts: usize,
-}
-
-/// Rows written by a merge.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MergeCounts {
-    pub created: u64,
-    pub updated: u64,
-    pub cleared: u64,
-}
-
-/// How a merge ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MergeOutcome {
-    /// Committed, or rolled back for a dry run, with these counts.
-    Applied(MergeCounts),
-    /// Rolled back: the batch conflicts with stored products.
-    Conflicts(Vec<BatchConflict>),
-    /// Rolled back: the client went away before the commit.
-    Abandoned,
 }
 
 /// The staging area of one sync: products land here as they arrive and reach the live
@@ -463,49 +331,6 @@ impl Staging {
 /// The staged form of a product's optional text fields.
 fn staged_barcodes(change: &ProductChange) -> Option<String> {
     change.barcodes.as_ref().map(|barcodes| barcodes.joined())
-}
-
-fn conflicts_from_rows(
-    duplicates: Vec<(i64, String, i64)>,
-    shared_barcodes: Vec<(i64, String, i64)>,
-    limit: usize,
-) -> Vec<BatchConflict> {
-    let mut conflicts: Vec<BatchConflict> = duplicates
-        .into_iter()
-        .map(
-            |(index, external_id, first_index)| BatchConflict::DuplicateExternalId {
-                index: index as u64,
-                first_index: first_index as u64,
-                external_id,
-            },
-        )
-        .chain(
-            shared_barcodes
-                .into_iter()
-                .map(
-                    |(index, barcode, first_index)| BatchConflict::BarcodeSharedInBatch {
-                        index: index as u64,
-                        first_index: first_index as u64,
-                        barcode,
-                    },
-                ),
-        )
-        .collect();
-    conflicts.sort_by_key(BatchConflict::index);
-    conflicts.truncate(limit);
-    conflicts
-}
-
-fn stored_conflicts_from_rows(rows: Vec<(i64, String, Option<String>)>) -> Vec<BatchConflict> {
-    rows.into_iter()
-        .map(
-            |(index, barcode, owner_external_id)| BatchConflict::BarcodeOwnedByStoredProduct {
-                index: index as u64,
-                barcode,
-                owner_external_id,
-            },
-        )
-        .collect()
 }
 
 /// Limits bound as SQL parameters.

@@ -23,7 +23,7 @@ pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     Ok(pool)
 }
 
-product_reads!(sqlx::Postgres, POSTGRES);
+live_queries!(sqlx::Postgres, POSTGRES);
 
 /// The staging area of one sync on PostgreSQL.
 pub struct Staging {
@@ -38,7 +38,7 @@ impl Staging {
             let change = &product.change;
             let index = product.index as i64;
             rows.int(Some(index));
-            rows.text(Some(&change.external_id));
+            rows.text(change.external_id.as_deref());
             rows.text(staged_barcodes(change).as_deref());
             rows.int(change.in_stock);
             rows.text(change.price.as_ref().map(|price| price.as_str()));
@@ -106,7 +106,7 @@ impl Staging {
         merge_into_locked_store!(tx, POSTGRES, request, abandoned)
     }
 
-    staging_common!(sqlx::Postgres);
+    staging_common!(sqlx::Postgres, POSTGRES);
 }
 
 /// Rows in PostgreSQL's `COPY … FROM STDIN` text format: tab-separated fields, `\N` for

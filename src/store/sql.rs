@@ -1,11 +1,19 @@
-//! Every SQL statement of the service. Both backends run the same statements; the only
-//! difference is how a price is stored (TEXT on SQLite, NUMERIC on PostgreSQL), which each
-//! statement spells through its backend's [`Dialect`].
+//! Every SQL statement of the service. Both backends run the same statements except where a
+//! [`Dialect`] spells something its own way: how a price is stored (TEXT on SQLite, NUMERIC
+//! on PostgreSQL) and how new product ids are drawn.
 //!
 //! A sync stages its products in two temporary tables of its own connection
-//! (`staged_products`, `staged_barcodes`) and then merges them into the live tables in one
-//! transaction. Merge statements bind `$1` = store id and, where they write a timestamp,
-//! `$2` = the sync's time.
+//! (`staged_products`, `staged_barcodes`) and merges them into the live tables in one
+//! transaction:
+//! 1. resolve: each staged product learns the id of the live product it is (by external id or
+//!    by barcodes), or stays unresolved if it is new;
+//! 2. check: conflicts with stored products refuse the whole sync;
+//! 3. write: replaced barcodes, changed products, new products (with ids drawn in stream
+//!    order), their barcodes, and the clear; each statement's row count is a count of the
+//!    answer.
+//!
+//! Merge statements bind `$1` = store id; those that write a timestamp bind `$2` = the
+//! sync's time; those that report conflicts bind their last parameter = how many.
 
 use std::sync::LazyLock;
 
@@ -32,49 +40,57 @@ impl Dialect {
             Dialect::Postgres => format!("{column}::numeric"),
         }
     }
+
+    /// The staging position: SQLite's rowid alias is its fastest key.
+    fn staging_key(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "INTEGER PRIMARY KEY",
+            Dialect::Postgres => "BIGINT PRIMARY KEY",
+        }
+    }
+
+    /// Gives every new staged product its id, in stream order, and marks it created.
+    fn allocate_new_product_ids(self) -> &'static str {
+        match self {
+            // The merge holds SQLite's write lock, so nobody else draws ids meanwhile.
+            Dialect::Sqlite => {
+                "UPDATE staged_products
+                 SET product_id = (SELECT COALESCE(MAX(id), 0) FROM products) + numbered.n,
+                     created = TRUE
+                 FROM (SELECT idx, ROW_NUMBER() OVER (ORDER BY idx) AS n
+                       FROM staged_products WHERE product_id IS NULL) AS numbered
+                 WHERE staged_products.idx = numbered.idx"
+            }
+            // Ids come from the table's own sequence, so concurrent syncs of other stores
+            // (which hold other row locks) never collide.
+            Dialect::Postgres => {
+                "UPDATE staged_products
+                 SET product_id = drawn.id, created = TRUE
+                 FROM (SELECT idx, nextval(pg_get_serial_sequence('products', 'id')) AS id
+                       FROM (SELECT idx FROM staged_products
+                             WHERE product_id IS NULL ORDER BY idx) AS ordered) AS drawn
+                 WHERE staged_products.idx = drawn.idx"
+            }
+        }
+    }
 }
 
 /// The statements of one backend, built once.
 pub(super) struct Statements {
+    pub create_staging: String,
+    pub select_product_by_id: String,
     pub select_product_by_external_id: String,
     pub select_product_by_barcode: String,
     pub select_products_page: String,
-    pub stored_barcode_conflicts: String,
-    pub delete_replaced_barcodes: String,
+    pub select_pending_page: String,
     pub update_changed_products: String,
     pub insert_new_products: String,
-    pub insert_missing_barcodes: String,
-    pub clear_unlisted_products: String,
+    pub allocate_new_product_ids: &'static str,
 }
 
 pub(super) static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
 pub(super) static POSTGRES: LazyLock<Statements> =
     LazyLock::new(|| Statements::new(Dialect::Postgres));
-
-/// Temporary staging tables of one sync; they live on the sync's own connection, so
-/// staging takes no lock on the live tables and vanishes with the connection.
-pub(super) const CREATE_STAGING: &str = "
-    DROP TABLE IF EXISTS staged_products;
-    DROP TABLE IF EXISTS staged_barcodes;
-    CREATE TEMPORARY TABLE staged_products (
-        idx         BIGINT PRIMARY KEY,
-        external_id TEXT NOT NULL,
-        barcodes    TEXT,
-        in_stock    BIGINT,
-        price       TEXT,
-        name        TEXT,
-        unit_size   TEXT,
-        abv         DOUBLE PRECISION,
-        proof       DOUBLE PRECISION,
-        category    INTEGER
-    );
-    CREATE INDEX staged_products_external_id ON staged_products (external_id);
-    CREATE TEMPORARY TABLE staged_barcodes (
-        idx     BIGINT NOT NULL,
-        barcode TEXT   NOT NULL
-    );
-    CREATE INDEX staged_barcodes_barcode ON staged_barcodes (barcode, idx);
-";
 
 pub(super) const DROP_STAGING: &str = "
     DROP TABLE IF EXISTS staged_products;
@@ -85,8 +101,9 @@ pub(super) const STAGED_PRODUCT_COLUMNS: &str = "staged_products (idx, external_
 
 pub(super) const STAGED_BARCODE_COLUMNS: &str = "staged_barcodes (idx, barcode)";
 
-/// Later products of the batch whose external id an earlier product already used;
-/// `$1` = how many to report.
+// ---- checks of the batch alone, before the merge; `$1` = how many to report ----
+
+/// Later products of the batch whose external id an earlier product already used.
 pub(super) const DUPLICATE_EXTERNAL_IDS: &str = "
     SELECT s.idx, s.external_id,
            (SELECT MIN(f.idx) FROM staged_products f WHERE f.external_id = s.external_id) AS first_idx
@@ -95,8 +112,7 @@ pub(super) const DUPLICATE_EXTERNAL_IDS: &str = "
     ORDER BY s.idx
     LIMIT $1";
 
-/// Later products of the batch that carry a barcode an earlier product already carries;
-/// `$1` = how many to report.
+/// Later products of the batch that carry a barcode an earlier product already carries.
 pub(super) const BARCODES_SHARED_IN_BATCH: &str = "
     SELECT b.idx, b.barcode,
            (SELECT MIN(f.idx) FROM staged_barcodes f WHERE f.barcode = b.barcode) AS first_idx
@@ -104,6 +120,8 @@ pub(super) const BARCODES_SHARED_IN_BATCH: &str = "
     WHERE EXISTS (SELECT 1 FROM staged_barcodes d WHERE d.barcode = b.barcode AND d.idx < b.idx)
     ORDER BY b.idx, b.barcode
     LIMIT $1";
+
+// ---- the merge ----
 
 /// Registers the store; the merge's first write, which also serializes syncs of one store.
 pub(super) const ENSURE_STORE: &str =
@@ -113,19 +131,183 @@ pub(super) const ENSURE_STORE: &str =
 /// replica. A plain row lock: portable to distributed PostgreSQL-compatible engines.
 pub(super) const LOCK_STORE: &str = "SELECT id FROM stores WHERE id = $1 FOR UPDATE";
 
+/// External-id sync: a staged product is the live product with its external id.
+pub(super) const RESOLVE_BY_EXTERNAL_ID: &str = "
+    UPDATE staged_products SET product_id = p.id
+    FROM products p
+    WHERE p.store_id = $1 AND p.external_id = staged_products.external_id";
+
+/// Barcode sync: a staged product is the live product that owns one of its barcodes (the
+/// lowest id, should they point at several: that is refused by the checks below).
+pub(super) const RESOLVE_BY_BARCODES: &str = "
+    UPDATE staged_products SET product_id = owners.product_id
+    FROM (SELECT b.idx, MIN(pb.product_id) AS product_id
+          FROM staged_barcodes b
+          JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
+          GROUP BY b.idx) AS owners
+    WHERE staged_products.idx = owners.idx";
+
+/// External-id sync: a staged barcode owned by another stored product that keeps its
+/// barcodes through this sync. Rows: (idx, barcode, owner's external id).
+pub(super) const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
+    SELECT s.idx, b.barcode, p.external_id
+    FROM staged_barcodes b
+    JOIN staged_products s ON s.idx = b.idx
+    JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
+    JOIN products p ON p.id = pb.product_id
+    WHERE (s.product_id IS NULL OR pb.product_id <> s.product_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM staged_products o
+          WHERE o.product_id = pb.product_id AND o.barcodes IS NOT NULL)
+    ORDER BY s.idx, b.barcode
+    LIMIT $2";
+
+/// Barcode sync: products whose barcodes belong to several stored products.
+/// Rows: (idx, how many stored products).
+pub(super) const BARCODES_OF_SEVERAL_PRODUCTS: &str = "
+    SELECT b.idx, COUNT(DISTINCT pb.product_id)
+    FROM staged_barcodes b
+    JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
+    GROUP BY b.idx
+    HAVING COUNT(DISTINCT pb.product_id) > 1
+    ORDER BY b.idx
+    LIMIT $2";
+
+/// Barcode sync: later products that match the same stored product as an earlier one.
+/// Rows: (idx, the earlier idx).
+pub(super) const SAME_STORED_PRODUCT_TWICE: &str = "
+    SELECT s.idx, twice.first_idx
+    FROM staged_products s
+    JOIN (SELECT product_id, MIN(idx) AS first_idx
+          FROM staged_products
+          WHERE product_id IS NOT NULL
+          GROUP BY product_id
+          HAVING COUNT(*) > 1) AS twice ON twice.product_id = s.product_id
+    WHERE s.idx > twice.first_idx
+    ORDER BY s.idx
+    LIMIT $1";
+
+/// Barcode sync: matched products that already have another external id.
+/// Rows: (idx, sent external id, stored external id).
+pub(super) const EXTERNAL_ID_MISMATCHES: &str = "
+    SELECT s.idx, s.external_id, p.external_id
+    FROM staged_products s
+    JOIN products p ON p.id = s.product_id
+    WHERE s.external_id IS NOT NULL AND p.external_id IS NOT NULL
+      AND p.external_id <> s.external_id
+    ORDER BY s.idx
+    LIMIT $1";
+
+/// Barcode sync: external ids that belong to a stored product other than the match.
+/// Rows: (idx, external id).
+pub(super) const EXTERNAL_IDS_OF_OTHER_PRODUCTS: &str = "
+    SELECT s.idx, s.external_id
+    FROM staged_products s
+    JOIN products p ON p.store_id = $1 AND p.external_id = s.external_id
+    WHERE s.product_id IS NULL OR p.id <> s.product_id
+    ORDER BY s.idx
+    LIMIT $2";
+
+/// Barcode sync: matched products without an external id that get one now.
+pub(super) const COUNT_LINKS: &str = "
+    SELECT COUNT(*)
+    FROM staged_products s
+    JOIN products p ON p.id = s.product_id
+    WHERE p.external_id IS NULL AND s.external_id IS NOT NULL";
+
+/// Barcodes of matched products whose barcode set changes. Runs before the products are
+/// updated, while `p.barcodes` still holds the old set.
+pub(super) const DELETE_REPLACED_BARCODES: &str = "
+    DELETE FROM product_barcodes
+    WHERE store_id = $1 AND product_id IN (
+        SELECT p.id FROM staged_products s
+        JOIN products p ON p.id = s.product_id
+        WHERE s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes)";
+
+/// The new barcode sets of those same products (all replaced sets were deleted first, so a
+/// barcode moving between two of them collides with nothing).
+pub(super) const INSERT_REPLACEMENT_BARCODES: &str = "
+    INSERT INTO product_barcodes (store_id, barcode, product_id)
+    SELECT $1, b.barcode, s.product_id
+    FROM staged_products s
+    JOIN products p ON p.id = s.product_id
+    JOIN staged_barcodes b ON b.idx = s.idx
+    WHERE s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes";
+
+/// The barcodes of the products created by this sync.
+pub(super) const INSERT_NEW_PRODUCT_BARCODES: &str = "
+    INSERT INTO product_barcodes (store_id, barcode, product_id)
+    SELECT $1, b.barcode, s.product_id
+    FROM staged_products s
+    JOIN staged_barcodes b ON b.idx = s.idx
+    WHERE s.created";
+
+/// Sets every product of the store that this sync did not list out of stock.
+pub(super) const CLEAR_UNLISTED_PRODUCTS: &str = "
+    UPDATE products SET in_stock = 0, updated_at = $2
+    WHERE store_id = $1
+      AND (in_stock IS NULL OR in_stock <> 0)
+      AND id NOT IN (SELECT product_id FROM staged_products WHERE product_id IS NOT NULL)";
+
+// ---- the matching queue; `$1` = product id ----
+
+/// PENDING -> IN_PROGRESS. `$2` = who claims it, `$3` = when.
+pub(super) const CLAIM: &str = "
+    UPDATE products SET match_status = 2, claimed_by = $2, claimed_at = $3
+    WHERE id = $1 AND match_status = 1";
+
+/// PENDING or IN_PROGRESS -> COMPLETE. `$2`..`$6` = the catalog item, `$7` = when.
+pub(super) const COMPLETE: &str = "
+    UPDATE products SET match_status = 3,
+        catalog_item_id = $2, catalog_kind = $3, catalog_name = $4,
+        catalog_vintage = $5, catalog_producer = $6, updated_at = $7
+    WHERE id = $1 AND match_status IN (1, 2)";
+
+/// IN_PROGRESS -> PENDING.
+pub(super) const RELEASE: &str = "
+    UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL
+    WHERE id = $1 AND match_status = 2";
+
 impl Statements {
     fn new(dialect: Dialect) -> Self {
         let product_columns = format!(
             "p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, {price} AS price, p.name, \
-             p.unit_size, p.abv, p.proof, p.category, p.match_status, p.catalog_item_id, \
-             p.catalog_kind, p.catalog_name, p.catalog_vintage, p.catalog_producer, \
-             p.created_at, p.updated_at",
+             p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by, \
+             p.catalog_item_id, p.catalog_kind, p.catalog_name, p.catalog_vintage, \
+             p.catalog_producer, p.created_at, p.updated_at",
             price = dialect.price_as_text("p.price"),
         );
         let staged_price = dialect.text_as_price("s.price");
         let stored_price_text = dialect.price_as_text("products.price");
 
         Statements {
+            create_staging: format!(
+                "DROP TABLE IF EXISTS staged_products;
+                 DROP TABLE IF EXISTS staged_barcodes;
+                 CREATE TEMPORARY TABLE staged_products (
+                     idx         {key},
+                     external_id TEXT,
+                     barcodes    TEXT,
+                     in_stock    BIGINT,
+                     price       TEXT,
+                     name        TEXT,
+                     unit_size   TEXT,
+                     abv         DOUBLE PRECISION,
+                     proof       DOUBLE PRECISION,
+                     category    INTEGER,
+                     -- Resolved in the merge: the live product this one is or becomes.
+                     product_id  BIGINT,
+                     created     BOOLEAN NOT NULL DEFAULT FALSE
+                 );
+                 CREATE INDEX staged_products_external_id ON staged_products (external_id);
+                 CREATE TEMPORARY TABLE staged_barcodes (
+                     idx     BIGINT NOT NULL,
+                     barcode TEXT   NOT NULL
+                 );
+                 CREATE INDEX staged_barcodes_barcode ON staged_barcodes (barcode, idx);",
+                key = dialect.staging_key(),
+            ),
+            select_product_by_id: format!("SELECT {product_columns} FROM products p WHERE p.id = $1"),
             select_product_by_external_id: format!(
                 "SELECT {product_columns} FROM products p WHERE p.store_id = $1 AND p.external_id = $2"
             ),
@@ -144,33 +326,22 @@ impl Statements {
                    AND ($5 IS NULL OR p.updated_at >= $5) \
                  ORDER BY p.id LIMIT $6"
             ),
-            // A staged barcode already owned by another stored product of the store that
-            // keeps its barcodes through this sync. `$2` = how many to report.
-            stored_barcode_conflicts: "
-                SELECT s.idx, b.barcode, p.external_id
-                FROM staged_barcodes b
-                JOIN staged_products s ON s.idx = b.idx
-                JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
-                JOIN products p ON p.id = pb.product_id
-                WHERE (p.external_id IS NULL OR p.external_id <> s.external_id)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM staged_products o
-                      WHERE o.external_id = p.external_id AND o.barcodes IS NOT NULL)
-                ORDER BY s.idx, b.barcode
-                LIMIT $2"
-                .to_owned(),
-            // Runs before the products are updated, while `p.barcodes` still holds the old set.
-            delete_replaced_barcodes: "
-                DELETE FROM product_barcodes
-                WHERE store_id = $1 AND product_id IN (
-                    SELECT p.id FROM staged_products s
-                    JOIN products p ON p.store_id = $1 AND p.external_id = s.external_id
-                    WHERE s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes)"
-                .to_owned(),
+            // $1 = last id of the previous page, $2 = the highest status wanted (1 = pending
+            // only, 2 = in progress too), $3 = store (0 = any), $4 = category (0 = any),
+            // $5 = page size. Oldest first: ids grow with creation.
+            select_pending_page: format!(
+                "SELECT {product_columns} FROM products p \
+                 WHERE p.match_status BETWEEN 1 AND $2 AND p.id > $1 \
+                   AND ($3 = 0 OR p.store_id = $3) \
+                   AND ($4 = 0 OR p.category = $4) \
+                 ORDER BY p.id LIMIT $5"
+            ),
             // Only rows whose stored data really changes are written, so the affected row
             // count is the `updated` count and a re-sync of unchanged data writes nothing.
+            // A barcode sync may give a product its first external id (never another one).
             update_changed_products: format!(
                 "UPDATE products SET
+                    external_id = COALESCE(products.external_id, s.external_id),
                     barcodes  = COALESCE(s.barcodes, products.barcodes),
                     in_stock  = COALESCE(s.in_stock, products.in_stock),
                     price     = COALESCE({staged_price}, products.price),
@@ -181,8 +352,9 @@ impl Statements {
                     category  = COALESCE(s.category, products.category),
                     updated_at = $2
                  FROM staged_products s
-                 WHERE products.store_id = $1 AND products.external_id = s.external_id
-                   AND (   (s.barcodes  IS NOT NULL AND s.barcodes  IS DISTINCT FROM products.barcodes)
+                 WHERE products.store_id = $1 AND products.id = s.product_id
+                   AND (   (s.external_id IS NOT NULL AND products.external_id IS NULL)
+                        OR (s.barcodes  IS NOT NULL AND s.barcodes  IS DISTINCT FROM products.barcodes)
                         OR (s.in_stock  IS NOT NULL AND s.in_stock  IS DISTINCT FROM products.in_stock)
                         OR (s.price     IS NOT NULL AND s.price     IS DISTINCT FROM {stored_price_text})
                         OR (s.name      IS NOT NULL AND s.name      IS DISTINCT FROM products.name)
@@ -191,37 +363,18 @@ impl Statements {
                         OR (s.proof     IS NOT NULL AND s.proof     IS DISTINCT FROM products.proof)
                         OR (s.category  IS NOT NULL AND s.category  IS DISTINCT FROM products.category))"
             ),
-            // New products enter the matching queue as pending (match_status 1), in stream order.
+            // New products enter the matching queue as pending (match_status 1).
             insert_new_products: format!(
-                "INSERT INTO products (store_id, external_id, barcodes, in_stock, price, name,
+                "INSERT INTO products (id, store_id, external_id, barcodes, in_stock, price, name,
                                        unit_size, abv, proof, category, match_status,
                                        created_at, updated_at)
-                 SELECT $1, s.external_id, s.barcodes, s.in_stock, {staged_price}, s.name,
-                        s.unit_size, s.abv, s.proof, COALESCE(s.category, 0), 1, $2, $2
+                 SELECT s.product_id, $1, s.external_id, s.barcodes, s.in_stock, {staged_price},
+                        s.name, s.unit_size, s.abv, s.proof, COALESCE(s.category, 0), 1, $2, $2
                  FROM staged_products s
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM products p WHERE p.store_id = $1 AND p.external_id = s.external_id)
+                 WHERE s.created
                  ORDER BY s.idx"
             ),
-            // After the replaced barcodes were deleted, a staged barcode still present in the
-            // store can only belong to the same product (conflicts were refused before), so
-            // inserting the missing ones completes every product's set.
-            insert_missing_barcodes: "
-                INSERT INTO product_barcodes (store_id, barcode, product_id)
-                SELECT $1, b.barcode, p.id
-                FROM staged_barcodes b
-                JOIN staged_products s ON s.idx = b.idx
-                JOIN products p ON p.store_id = $1 AND p.external_id = s.external_id
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM product_barcodes pb WHERE pb.store_id = $1 AND pb.barcode = b.barcode)"
-                .to_owned(),
-            clear_unlisted_products: "
-                UPDATE products SET in_stock = 0, updated_at = $2
-                WHERE store_id = $1
-                  AND (in_stock IS NULL OR in_stock <> 0)
-                  AND (external_id IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM staged_products s WHERE s.external_id = products.external_id))"
-                .to_owned(),
+            allocate_new_product_ids: dialect.allocate_new_product_ids(),
         }
     }
 }

@@ -38,7 +38,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     Ok(pool)
 }
 
-product_reads!(sqlx::Sqlite, SQLITE);
+live_queries!(sqlx::Sqlite, SQLITE);
 
 /// The staging area of one sync on SQLite.
 pub struct Staging {
@@ -115,5 +115,5 @@ impl Staging {
         merge_into_locked_store!(tx, SQLITE, request, abandoned)
     }
 
-    staging_common!(sqlx::Sqlite);
+    staging_common!(sqlx::Sqlite, SQLITE);
 }

@@ -7,11 +7,13 @@ mod product;
 mod session;
 mod violation;
 
+pub(crate) use product::check_text;
 pub use product::{
     Barcodes, Category, FieldError, MAX_BARCODE_CHARS, MAX_BARCODES_PER_PRODUCT,
     MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MAX_PRICE_DECIMALS, MAX_UNIT_SIZE_CHARS, Price,
-    ProductChange,
+    ProductChange, SyncKey,
 };
+pub(crate) use session::now_micros;
 pub use session::{SyncEngine, SyncSession};
 pub use violation::{Violation, Violations};
 
@@ -40,6 +42,7 @@ impl Default for SyncLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncOptions {
     pub store_id: i64,
+    pub key: SyncKey,
     pub clear: bool,
     pub dry_run: bool,
     pub expected_count: Option<u64>,
@@ -55,20 +58,19 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
                 format!("store_id is {}; it must be > 0", header.store_id),
             ))));
         }
-        match pb::KeyField::try_from(header.key) {
-            Ok(pb::KeyField::Unspecified | pb::KeyField::ExternalId) => {}
-            Ok(pb::KeyField::Barcode) => {
-                return Err(SyncError::Unimplemented {
-                    field: "header.key = KEY_FIELD_BARCODE",
-                });
-            }
+        let key = match pb::KeyField::try_from(header.key) {
+            Ok(pb::KeyField::Unspecified | pb::KeyField::ExternalId) => SyncKey::ExternalId,
+            Ok(pb::KeyField::Barcode) => SyncKey::Barcode,
             Err(_) => {
                 return Err(SyncError::Invalid(Violations::single(Violation::new(
                     "header.key",
-                    format!("key {} is unknown; use KEY_FIELD_EXTERNAL_ID", header.key),
+                    format!(
+                        "key {} is unknown; use KEY_FIELD_EXTERNAL_ID or KEY_FIELD_BARCODE",
+                        header.key
+                    ),
                 ))));
             }
-        }
+        };
         let unimplemented = [
             (!header.idempotency_key.is_empty(), "header.idempotency_key"),
             (header.skip_invalid, "header.skip_invalid"),
@@ -79,6 +81,7 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
         }
         Ok(SyncOptions {
             store_id: header.store_id,
+            key,
             clear: header.clear,
             dry_run: header.dry_run,
             expected_count: header.expected_count,
@@ -93,7 +96,8 @@ pub struct StagedProduct {
     pub change: ProductChange,
 }
 
-/// What a sync did. `created + updated + unchanged == received`.
+/// What a sync did. `created + updated + unchanged == received`; `linked` products are
+/// among the `updated` ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncCounts {
     pub received: u64,
@@ -101,6 +105,7 @@ pub struct SyncCounts {
     pub updated: u64,
     pub unchanged: u64,
     pub cleared: u64,
+    pub linked: u64,
 }
 
 /// The answer to a completed sync.

@@ -142,10 +142,21 @@ impl Barcodes {
     }
 }
 
+/// How the products of a sync are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKey {
+    /// By `external_id`, which every product must carry.
+    ExternalId,
+    /// By barcodes (the legacy sync), which every product must carry; `external_id` is
+    /// optional and links the matched product to it.
+    Barcode,
+}
+
 /// One product update that passed validation. `None` means "keep the stored value".
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductChange {
-    pub external_id: String,
+    /// Always set in an external-id sync; optional in a barcode sync.
+    pub external_id: Option<String>,
     pub barcodes: Option<Barcodes>,
     pub in_stock: Option<i64>,
     pub price: Option<Price>,
@@ -156,13 +167,24 @@ pub struct ProductChange {
     pub category: Option<Category>,
 }
 
-impl TryFrom<pb::ProductUpdate> for ProductChange {
-    type Error = Vec<FieldError>;
-
-    /// Checks every field and reports every problem found, not just the first.
-    fn try_from(raw: pb::ProductUpdate) -> Result<Self, Self::Error> {
+impl ProductChange {
+    /// Validates a product update of a sync keyed by `key`. Checks every field and reports
+    /// every problem found, not just the first.
+    pub fn from_wire(raw: pb::ProductUpdate, key: SyncKey) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        collect(&mut errors, check_external_id(&raw.external_id));
+        let external_id = match (key, raw.external_id.is_empty()) {
+            (SyncKey::Barcode, true) => None,
+            _ => {
+                collect(&mut errors, check_external_id(&raw.external_id));
+                Some(raw.external_id)
+            }
+        };
+        if key == SyncKey::Barcode && raw.barcodes.is_empty() {
+            errors.push(FieldError::new(
+                "barcodes",
+                "barcodes are missing; every product of a barcode-keyed sync needs at least one",
+            ));
+        }
         let barcodes = validate_barcodes(raw.barcodes, &mut errors);
         if let Some(in_stock) = raw.in_stock
             && in_stock < 0
@@ -211,7 +233,7 @@ impl TryFrom<pb::ProductUpdate> for ProductChange {
             return Err(errors);
         }
         Ok(ProductChange {
-            external_id: raw.external_id,
+            external_id,
             barcodes,
             in_stock: raw.in_stock,
             price,
@@ -283,7 +305,9 @@ fn validate_barcodes(barcodes: Vec<String>, errors: &mut Vec<FieldError>) -> Opt
     Some(Barcodes(sorted))
 }
 
-fn check_text(field: &str, text: &str, max_chars: usize) -> Result<(), FieldError> {
+/// Bounds a free-text field and keeps control characters (which some databases cannot
+/// store) out of it.
+pub(crate) fn check_text(field: &str, text: &str, max_chars: usize) -> Result<(), FieldError> {
     if text.chars().count() > max_chars {
         return Err(FieldError::new(
             field,
@@ -365,7 +389,7 @@ mod tests {
             category: 9,
             ..pb::ProductUpdate::default()
         };
-        let errors = ProductChange::try_from(raw).unwrap_err();
+        let errors = ProductChange::from_wire(raw, SyncKey::ExternalId).unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -388,7 +412,22 @@ mod tests {
             barcodes: vec!["b".into(), "a".into(), "b".into()],
             ..pb::ProductUpdate::default()
         };
-        let change = ProductChange::try_from(raw).unwrap();
+        let change = ProductChange::from_wire(raw, SyncKey::ExternalId).unwrap();
         assert_eq!(change.barcodes.unwrap().joined(), "a b");
+    }
+
+    #[test]
+    fn a_barcode_sync_needs_barcodes_but_not_an_external_id() {
+        let without_barcodes = pb::ProductUpdate::default();
+        let errors = ProductChange::from_wire(without_barcodes, SyncKey::Barcode).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["barcodes"]);
+
+        let coded = pb::ProductUpdate {
+            barcodes: vec!["1".into()],
+            ..pb::ProductUpdate::default()
+        };
+        let change = ProductChange::from_wire(coded, SyncKey::Barcode).unwrap();
+        assert_eq!(change.external_id, None);
     }
 }

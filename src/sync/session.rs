@@ -62,6 +62,7 @@ impl SyncEngine {
         let worker = tokio::spawn(worker.run().instrument(span.clone()));
         span.in_scope(|| {
             info!(
+                key = ?options.key,
                 clear = options.clear,
                 dry_run = options.dry_run,
                 "sync started"
@@ -128,7 +129,7 @@ impl SyncSession {
         let mut valid = Vec::with_capacity(products.len());
         for (offset, update) in products.into_iter().enumerate() {
             let index = self.received + offset as u64;
-            match ProductChange::try_from(update) {
+            match ProductChange::from_wire(update, self.options.key) {
                 Ok(change) => valid.push(StagedProduct { index, change }),
                 Err(errors) => {
                     for error in errors {
@@ -214,6 +215,7 @@ impl Worker {
                 updated = counts.updated,
                 unchanged = counts.unchanged,
                 cleared = counts.cleared,
+                linked = counts.linked,
                 dry_run = self.options.dry_run,
                 "sync {}",
                 if self.options.dry_run {
@@ -272,6 +274,7 @@ impl Worker {
 
         let request = MergeRequest {
             store_id: self.options.store_id,
+            key: self.options.key,
             clear: self.options.clear,
             dry_run: self.options.dry_run,
             now: now_micros(),
@@ -285,6 +288,7 @@ impl Worker {
                 updated: merged.updated,
                 unchanged: received - merged.created - merged.updated,
                 cleared: merged.cleared,
+                linked: merged.linked,
             }),
             MergeOutcome::Conflicts(conflicts) => {
                 let mut violations = Violations::with_cap(self.limits.max_violations);

@@ -80,6 +80,33 @@ impl From<BatchConflict> for Violation {
                     ),
                 },
             ),
+            BatchConflict::BarcodesOfSeveralProducts { products, .. } => (
+                "barcodes",
+                format!(
+                    "the barcodes of this product belong to {products} different products of \
+                     the store; in a barcode-keyed sync a product's barcodes must identify one"
+                ),
+            ),
+            BatchConflict::SameStoredProduct { first_index, .. } => (
+                "barcodes",
+                format!(
+                    "matches the same stored product as products[{first_index}]; \
+                     each product may appear once per sync"
+                ),
+            ),
+            BatchConflict::ExternalIdMismatch { sent, stored, .. } => (
+                "external_id",
+                format!(
+                    "the product its barcodes match already has external_id {stored:?}, \
+                     not {sent:?}; a sync never changes a product's external id"
+                ),
+            ),
+            BatchConflict::ExternalIdOfAnotherProduct { external_id, .. } => (
+                "external_id",
+                format!(
+                    "external_id {external_id:?} already belongs to another product of the store"
+                ),
+            ),
         };
         Violation {
             index: Some(index),

@@ -5,7 +5,9 @@
 mod support;
 
 mod atomicity;
+mod barcode_sync;
 mod binary;
+mod match_queue;
 mod reads;
 mod serving;
 mod sync_counts;

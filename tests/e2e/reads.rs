@@ -6,13 +6,6 @@ use crate::support::*;
 
 const STORE: i64 = 77;
 
-fn by_barcode(barcode: &str) -> pb::GetProductRequest {
-    pb::GetProductRequest {
-        store_id: STORE,
-        key: Some(pb::get_product_request::Key::Barcode(barcode.into())),
-    }
-}
-
 backend_tests! {
     async fn get_product_finds_by_external_id_or_barcode(server) {
         let mut client = server.client().await;
@@ -32,7 +25,7 @@ backend_tests! {
         assert!(found.id > 0);
         assert!(found.created_at.is_some() && found.updated_at.is_some());
 
-        let by_code = client.get_product(by_barcode("08234123")).await.unwrap().into_inner();
+        let by_code = get_by_barcode(&mut client, STORE, "08234123").await.unwrap();
         assert_eq!(by_code, found);
     }
 
@@ -44,7 +37,7 @@ backend_tests! {
         let status = get(&mut client, STORE, "missing").await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound);
         assert!(status.message().contains("missing"));
-        assert_eq!(client.get_product(by_barcode("2")).await.unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(get_by_barcode(&mut client, STORE, "2").await.unwrap_err().code(), tonic::Code::NotFound);
         assert_eq!(get(&mut client, STORE + 1, "a").await.unwrap_err().code(), tonic::Code::NotFound);
     }
 

@@ -329,13 +329,31 @@ pub async fn get(
     store_id: i64,
     external_id: &str,
 ) -> Result<pb::Product, tonic::Status> {
+    let key = pb::get_product_request::Key::ExternalId(external_id.to_owned());
+    get_by_key(client, store_id, key).await
+}
+
+/// One product by barcode.
+pub async fn get_by_barcode(
+    client: &mut InventorySyncClient<Channel>,
+    store_id: i64,
+    barcode: &str,
+) -> Result<pb::Product, tonic::Status> {
+    let key = pb::get_product_request::Key::Barcode(barcode.to_owned());
+    get_by_key(client, store_id, key).await
+}
+
+async fn get_by_key(
+    client: &mut InventorySyncClient<Channel>,
+    store_id: i64,
+    key: pb::get_product_request::Key,
+) -> Result<pb::Product, tonic::Status> {
+    let request = pb::GetProductRequest {
+        store_id,
+        key: Some(key),
+    };
     client
-        .get_product(pb::GetProductRequest {
-            store_id,
-            key: Some(pb::get_product_request::Key::ExternalId(
-                external_id.to_owned(),
-            )),
-        })
+        .get_product(request)
         .await
         .map(tonic::Response::into_inner)
 }
@@ -367,4 +385,20 @@ pub async fn stock(
         .into_iter()
         .map(|product| (product.external_id, product.in_stock))
         .collect()
+}
+
+/// A product update with barcodes and stock, for barcode-keyed syncs.
+pub fn coded(external_id: &str, barcodes: &[&str], in_stock: i64) -> pb::ProductUpdate {
+    pb::ProductUpdate {
+        barcodes: barcodes.iter().map(|barcode| barcode.to_string()).collect(),
+        ..stocked(external_id, in_stock)
+    }
+}
+
+/// The header of a barcode-keyed (legacy) sync.
+pub fn barcode_header(store_id: i64) -> pb::SyncHeader {
+    pb::SyncHeader {
+        key: pb::KeyField::Barcode as i32,
+        ..header(store_id)
+    }
 }

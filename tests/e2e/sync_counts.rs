@@ -247,14 +247,7 @@ backend_tests! {
             .await
             .unwrap();
         assert_eq!(response.updated, 2);
-        let by_barcode = client
-            .get_product(pb::GetProductRequest {
-                store_id: STORE,
-                key: Some(pb::get_product_request::Key::Barcode("222".into())),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let by_barcode = get_by_barcode(&mut client, STORE, "222").await.unwrap();
         assert_eq!(by_barcode.external_id, "b");
         assert_eq!(get(&mut client, STORE, "a").await.unwrap().barcodes, ["111"]);
         assert_eq!(by_barcode.barcodes, ["222", "333"]);

@@ -165,7 +165,6 @@ backend_tests! {
     async fn header_options_of_later_features_are_refused_by_name(server) {
         let mut client = server.client().await;
         let cases = [
-            (pb::SyncHeader { key: pb::KeyField::Barcode as i32, ..header(STORE) }, "KEY_FIELD_BARCODE"),
             (pb::SyncHeader { idempotency_key: "k".into(), ..header(STORE) }, "idempotency_key"),
             (pb::SyncHeader { skip_invalid: true, ..header(STORE) }, "skip_invalid"),
             (pb::SyncHeader { allow_mass_clear: true, ..header(STORE) }, "allow_mass_clear"),
@@ -176,6 +175,10 @@ backend_tests! {
             assert!(status.message().contains(field), "{}", status.message());
         }
         assert!(list(&mut client, STORE).await.is_empty());
+
+        let unknown_key = pb::SyncHeader { key: 7, ..header(STORE) };
+        let status = sync(&mut client, unknown_key, vec![stocked("a", 1)]).await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["header.key"]);
 
         // The explicit default key is the external id.
         let explicit = pb::SyncHeader { key: pb::KeyField::ExternalId as i32, ..header(STORE) };

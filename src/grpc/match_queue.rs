@@ -1,0 +1,96 @@
+//! The `inventory.v1.MatchQueue` service.
+
+use tonic::{Request, Response, Status};
+
+use super::pages::{PAGE_SIZE, ProductStream, stream_pages};
+use super::status::invalid_field;
+use crate::matching::{CatalogItem, MatchError, MatchQueue};
+use crate::pb;
+use crate::pb::match_queue_server;
+use crate::store::{Database, PendingFilter};
+
+/// Serves the matching queue of one database.
+#[derive(Debug, Clone)]
+pub struct MatchQueueService {
+    queue: MatchQueue,
+    database: Database,
+}
+
+impl MatchQueueService {
+    pub fn new(database: Database) -> Self {
+        MatchQueueService {
+            queue: MatchQueue::new(database.clone()),
+            database,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl match_queue_server::MatchQueue for MatchQueueService {
+    type ListPendingStream = ProductStream;
+
+    async fn list_pending(
+        &self,
+        request: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<Self::ListPendingStream>, Status> {
+        let request = request.into_inner();
+        if request.store_id < 0 {
+            return Err(invalid_field(
+                "store_id",
+                format!(
+                    "store_id is {}; use 0 for every store or a store's id",
+                    request.store_id
+                ),
+            ));
+        }
+        if pb::Category::try_from(request.category).is_err() {
+            return Err(invalid_field(
+                "category",
+                format!("category {} is unknown", request.category),
+            ));
+        }
+        let filter = PendingFilter {
+            store_id: request.store_id,
+            category: request.category,
+            include_in_progress: request.include_in_progress,
+        };
+        let database = self.database.clone();
+        let span = tracing::info_span!("list_pending", store_id = request.store_id);
+        Ok(Response::new(stream_pages(span, move |after_id| {
+            let database = database.clone();
+            let filter = filter.clone();
+            async move { database.pending_page(&filter, after_id, PAGE_SIZE).await }
+        })))
+    }
+
+    async fn claim(
+        &self,
+        request: Request<pb::ClaimRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
+        let request = request.into_inner();
+        let product = self
+            .queue
+            .claim(request.product_id, &request.claimed_by)
+            .await?;
+        Ok(Response::new(product.into()))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
+        let request = request.into_inner();
+        let item = CatalogItem::from_wire(request.catalog_item).map_err(MatchError::Invalid)?;
+        let product = self.queue.complete(request.product_id, &item).await?;
+        Ok(Response::new(product.into()))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
+        let request = request.into_inner();
+        let product = self.queue.release(request.product_id).await?;
+        Ok(Response::new(product.into()))
+    }
+}

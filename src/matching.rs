@@ -1,0 +1,243 @@
+//! The catalog team's matching queue: every product a sync creates waits as pending, in the
+//! queue of its category, until a matcher claims it and links it to a catalog item. The
+//! transitions are single conditional updates, so two matchers can never both claim one
+//! product; a sync never touches match status or catalog item.
+
+use crate::pb;
+use crate::store::{CatalogItemFields, Database, ProductRecord, StoreError};
+use crate::sync::{FieldError, MAX_NAME_CHARS, Violation, Violations, check_text, now_micros};
+
+/// Longest `claimed_by`, in characters.
+pub const MAX_CLAIMED_BY_CHARS: usize = 128;
+/// Longest catalog producer name, in characters.
+pub const MAX_PRODUCER_CHARS: usize = 256;
+
+/// Why a queue operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error("{0}")]
+    Invalid(Violations),
+    #[error("there is no product {product_id}")]
+    NotFound { product_id: i64 },
+    #[error("product {product_id} is {}; {action}", status_name(*.status))]
+    WrongStatus {
+        product_id: i64,
+        status: i32,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn status_name(status: i32) -> &'static str {
+    pb::MatchStatus::try_from(status)
+        .map(|status| status.as_str_name())
+        .unwrap_or("in an unknown state")
+}
+
+/// A catalog item a matcher sends, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogItem {
+    pub id: i64,
+    pub kind: i32,
+    pub name: String,
+    pub vintage: String,
+    pub producer: String,
+}
+
+impl CatalogItem {
+    /// Validates the catalog item of a `Complete` request; every problem is reported.
+    pub fn from_wire(item: Option<pb::CatalogItem>) -> Result<Self, Violations> {
+        let Some(item) = item else {
+            return Err(Violations::single(Violation::new(
+                "catalog_item",
+                "catalog_item is missing; send the catalog item the product is",
+            )));
+        };
+        let mut violations = Violations::with_cap(8);
+        let mut refuse = |field: &str, description: String| {
+            violations.push(Violation::new(format!("catalog_item.{field}"), description));
+        };
+        if item.id <= 0 {
+            refuse(
+                "id",
+                format!("id is {}; a catalog item's id is > 0", item.id),
+            );
+        }
+        if pb::Category::try_from(item.kind).is_err() {
+            refuse("kind", format!("kind {} is unknown", item.kind));
+        }
+        for (field, text, max) in [
+            ("name", &item.name, MAX_NAME_CHARS),
+            ("producer", &item.producer, MAX_PRODUCER_CHARS),
+        ] {
+            if let Err(FieldError { description, .. }) = check_text(field, text, max) {
+                refuse(field, description);
+            }
+        }
+        let vintage_ok = item.vintage.is_empty()
+            || item.vintage == "NV"
+            || (item.vintage.len() == 4 && item.vintage.bytes().all(|b| b.is_ascii_digit()));
+        if !vintage_ok {
+            refuse(
+                "vintage",
+                format!(
+                    "vintage {:?} is neither a year such as \"2019\" nor \"NV\"",
+                    item.vintage.chars().take(40).collect::<String>()
+                ),
+            );
+        }
+        if !violations.is_empty() {
+            return Err(violations);
+        }
+        Ok(CatalogItem {
+            id: item.id,
+            kind: item.kind,
+            name: item.name,
+            vintage: item.vintage,
+            producer: item.producer,
+        })
+    }
+}
+
+/// The queue's transitions.
+#[derive(Debug, Clone)]
+pub struct MatchQueue {
+    database: Database,
+}
+
+impl MatchQueue {
+    pub fn new(database: Database) -> Self {
+        MatchQueue { database }
+    }
+
+    /// PENDING -> IN_PROGRESS, recording who works on it.
+    pub async fn claim(
+        &self,
+        product_id: i64,
+        claimed_by: &str,
+    ) -> Result<ProductRecord, MatchError> {
+        check_product_id(product_id)?;
+        if claimed_by.is_empty() {
+            return Err(invalid(
+                "claimed_by",
+                "claimed_by is missing; say who works on the product",
+            ));
+        }
+        if let Err(error) = check_text("claimed_by", claimed_by, MAX_CLAIMED_BY_CHARS) {
+            return Err(invalid("claimed_by", error.description));
+        }
+        let now = now_micros();
+        let moved = self.database.claim(product_id, claimed_by, now).await?;
+        self.after_transition(product_id, moved, "only a pending product can be claimed")
+            .await
+    }
+
+    /// PENDING or IN_PROGRESS -> COMPLETE, storing the catalog item.
+    pub async fn complete(
+        &self,
+        product_id: i64,
+        item: &CatalogItem,
+    ) -> Result<ProductRecord, MatchError> {
+        check_product_id(product_id)?;
+        let fields = CatalogItemFields {
+            id: item.id,
+            kind: item.kind,
+            name: &item.name,
+            vintage: &item.vintage,
+            producer: &item.producer,
+        };
+        let now = now_micros();
+        let moved = self.database.complete(product_id, &fields, now).await?;
+        self.after_transition(
+            product_id,
+            moved,
+            "only a pending or in-progress product can be completed",
+        )
+        .await
+    }
+
+    /// IN_PROGRESS -> PENDING: a matcher gives up.
+    pub async fn release(&self, product_id: i64) -> Result<ProductRecord, MatchError> {
+        check_product_id(product_id)?;
+        let moved = self.database.release(product_id).await?;
+        self.after_transition(
+            product_id,
+            moved,
+            "only a product in progress can be released",
+        )
+        .await
+    }
+
+    /// The product after a transition, or why the transition did not apply.
+    async fn after_transition(
+        &self,
+        product_id: i64,
+        moved: bool,
+        action: &'static str,
+    ) -> Result<ProductRecord, MatchError> {
+        let product = self
+            .database
+            .product_by_id(product_id)
+            .await?
+            .ok_or(MatchError::NotFound { product_id })?;
+        if moved {
+            Ok(product)
+        } else {
+            Err(MatchError::WrongStatus {
+                product_id,
+                status: product.match_status,
+                action,
+            })
+        }
+    }
+}
+
+fn check_product_id(product_id: i64) -> Result<(), MatchError> {
+    if product_id <= 0 {
+        return Err(invalid(
+            "product_id",
+            format!("product_id is {product_id}; it must be > 0"),
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(field: &str, description: impl Into<String>) -> MatchError {
+    MatchError::Invalid(Violations::single(Violation::new(field, description)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_catalog_item_is_refused() {
+        let empty = CatalogItem::from_wire(Some(pb::CatalogItem::default())).unwrap_err();
+        assert_eq!(empty.kept()[0].field, "catalog_item.id");
+        let missing = CatalogItem::from_wire(None).unwrap_err();
+        assert_eq!(missing.kept()[0].field, "catalog_item");
+    }
+
+    #[test]
+    fn vintage_is_a_year_or_nv() {
+        for (vintage, ok) in [
+            ("2019", true),
+            ("NV", true),
+            ("", true),
+            ("19", false),
+            ("nv", false),
+        ] {
+            let item = pb::CatalogItem {
+                id: 1,
+                vintage: vintage.into(),
+                ..pb::CatalogItem::default()
+            };
+            assert_eq!(
+                CatalogItem::from_wire(Some(item)).is_ok(),
+                ok,
+                "{vintage:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The final transaction of a sync, shared by both backends: what it is asked to do, what
+//! it reports, and the steps themselves. The steps are macros because sqlx gives the two
+//! backends' connections no common executor type; each backend expands them once.
+
+use crate::sync::SyncKey;
+
+/// A problem of a batch that only shows across products (as opposed to a bad field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchConflict {
+    /// Product `index` repeats the external id of product `first_index`.
+    DuplicateExternalId {
+        index: u64,
+        first_index: u64,
+        external_id: String,
+    },
+    /// Product `index` carries a barcode that product `first_index` of the batch carries too.
+    BarcodeSharedInBatch {
+        index: u64,
+        first_index: u64,
+        barcode: String,
+    },
+    /// Product `index` carries a barcode that a stored product keeps after the sync.
+    BarcodeOwnedByStoredProduct {
+        index: u64,
+        barcode: String,
+        owner_external_id: Option<String>,
+    },
+    /// Barcode sync: the barcodes of product `index` belong to several stored products.
+    BarcodesOfSeveralProducts { index: u64, products: u64 },
+    /// Barcode sync: product `index` matches the stored product that `first_index` matches.
+    SameStoredProduct { index: u64, first_index: u64 },
+    /// Barcode sync: the matched stored product already has another external id.
+    ExternalIdMismatch {
+        index: u64,
+        sent: String,
+        stored: String,
+    },
+    /// Barcode sync: the external id belongs to another stored product of the store.
+    ExternalIdOfAnotherProduct { index: u64, external_id: String },
+}
+
+impl BatchConflict {
+    /// Position of the offending product in the stream.
+    pub fn index(&self) -> u64 {
+        match self {
+            BatchConflict::DuplicateExternalId { index, .. }
+            | BatchConflict::BarcodeSharedInBatch { index, .. }
+            | BatchConflict::BarcodeOwnedByStoredProduct { index, .. }
+            | BatchConflict::BarcodesOfSeveralProducts { index, .. }
+            | BatchConflict::SameStoredProduct { index, .. }
+            | BatchConflict::ExternalIdMismatch { index, .. }
+            | BatchConflict::ExternalIdOfAnotherProduct { index, .. } => *index,
+        }
+    }
+}
+
+/// What the final transaction of a sync does.
+#[derive(Debug, Clone)]
+pub struct MergeRequest {
+    pub store_id: i64,
+    pub key: SyncKey,
+    pub clear: bool,
+    /// Roll back instead of committing, after computing every count.
+    pub dry_run: bool,
+    /// The sync's time, microseconds since the Unix epoch: `created_at`/`updated_at` of
+    /// every row it writes.
+    pub now: i64,
+    /// How many conflicts to report at most.
+    pub max_conflicts: usize,
+}
+
+/// Rows written by a merge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCounts {
+    pub created: u64,
+    pub updated: u64,
+    pub cleared: u64,
+    pub linked: u64,
+}
+
+/// How a merge ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// Committed, or rolled back for a dry run, with these counts.
+    Applied(MergeCounts),
+    /// Rolled back: the batch conflicts with stored products.
+    Conflicts(Vec<BatchConflict>),
+    /// Rolled back: the client went away before the commit.
+    Abandoned,
+}
+
+/// Positions come back from SQL as BIGINT; they were written from `u64` positions.
+fn position(index: i64) -> u64 {
+    index as u64
+}
+
+/// The batch's own conflicts, in stream order, at most `limit`.
+pub(super) fn batch_conflicts_from_rows(
+    duplicates: Vec<(i64, String, i64)>,
+    shared_barcodes: Vec<(i64, String, i64)>,
+    limit: usize,
+) -> Vec<BatchConflict> {
+    let duplicates = duplicates.into_iter().map(|(index, external_id, first)| {
+        BatchConflict::DuplicateExternalId {
+            index: position(index),
+            first_index: position(first),
+            external_id,
+        }
+    });
+    let shared = shared_barcodes.into_iter().map(|(index, barcode, first)| {
+        BatchConflict::BarcodeSharedInBatch {
+            index: position(index),
+            first_index: position(first),
+            barcode,
+        }
+    });
+    in_stream_order(duplicates.chain(shared).collect(), limit)
+}
+
+/// Conflicts with stored products found by the checks of one sync key.
+#[derive(Debug, Default)]
+pub(super) struct StoredConflictRows {
+    pub owned_by_others: Vec<(i64, String, Option<String>)>,
+    pub of_several_products: Vec<(i64, i64)>,
+    pub same_stored_product: Vec<(i64, i64)>,
+    pub external_id_mismatches: Vec<(i64, String, String)>,
+    pub external_ids_of_others: Vec<(i64, String)>,
+}
+
+impl StoredConflictRows {
+    pub(super) fn into_conflicts(self, limit: usize) -> Vec<BatchConflict> {
+        let mut conflicts = Vec::new();
+        conflicts.extend(self.owned_by_others.into_iter().map(
+            |(index, barcode, owner_external_id)| BatchConflict::BarcodeOwnedByStoredProduct {
+                index: position(index),
+                barcode,
+                owner_external_id,
+            },
+        ));
+        conflicts.extend(
+            self.of_several_products
+                .into_iter()
+                .map(
+                    |(index, products)| BatchConflict::BarcodesOfSeveralProducts {
+                        index: position(index),
+                        products: position(products),
+                    },
+                ),
+        );
+        conflicts.extend(self.same_stored_product.into_iter().map(|(index, first)| {
+            BatchConflict::SameStoredProduct {
+                index: position(index),
+                first_index: position(first),
+            }
+        }));
+        conflicts.extend(
+            self.external_id_mismatches
+                .into_iter()
+                .map(|(index, sent, stored)| BatchConflict::ExternalIdMismatch {
+                    index: position(index),
+                    sent,
+                    stored,
+                }),
+        );
+        conflicts.extend(
+            self.external_ids_of_others
+                .into_iter()
+                .map(
+                    |(index, external_id)| BatchConflict::ExternalIdOfAnotherProduct {
+                        index: position(index),
+                        external_id,
+                    },
+                ),
+        );
+        in_stream_order(conflicts, limit)
+    }
+}
+
+fn in_stream_order(mut conflicts: Vec<BatchConflict>, limit: usize) -> Vec<BatchConflict> {
+    conflicts.sort_by_key(BatchConflict::index);
+    conflicts.truncate(limit);
+    conflicts
+}
+
+/// The merge after the store is locked: resolve, check, write, count, and commit (or roll
+/// back for a dry run or an abandoned sync). See [`super::sql`] for each statement.
+macro_rules! merge_into_locked_store {
+    ($tx:ident, $statements:ident, $request:ident, $abandoned:ident) => {{
+        use $crate::store::merge::StoredConflictRows;
+        use $crate::store::sql;
+        use $crate::store::{MergeCounts, MergeOutcome, sql_limit};
+        use $crate::sync::SyncKey;
+
+        let store_id = $request.store_id;
+        let limit = sql_limit($request.max_conflicts);
+        let by_barcode = $request.key == SyncKey::Barcode;
+
+        let resolve = if by_barcode {
+            sql::RESOLVE_BY_BARCODES
+        } else {
+            sql::RESOLVE_BY_EXTERNAL_ID
+        };
+        sqlx::query(resolve)
+            .bind(store_id)
+            .execute(&mut *$tx)
+            .await?;
+
+        let mut rows = StoredConflictRows::default();
+        if by_barcode {
+            rows.of_several_products = sqlx::query_as(sql::BARCODES_OF_SEVERAL_PRODUCTS)
+                .bind(store_id)
+                .bind(limit)
+                .fetch_all(&mut *$tx)
+                .await?;
+            rows.same_stored_product = sqlx::query_as(sql::SAME_STORED_PRODUCT_TWICE)
+                .bind(limit)
+                .fetch_all(&mut *$tx)
+                .await?;
+            rows.external_id_mismatches = sqlx::query_as(sql::EXTERNAL_ID_MISMATCHES)
+                .bind(limit)
+                .fetch_all(&mut *$tx)
+                .await?;
+            rows.external_ids_of_others = sqlx::query_as(sql::EXTERNAL_IDS_OF_OTHER_PRODUCTS)
+                .bind(store_id)
+                .bind(limit)
+                .fetch_all(&mut *$tx)
+                .await?;
+        } else {
+            rows.owned_by_others = sqlx::query_as(sql::BARCODES_OWNED_BY_OTHER_PRODUCTS)
+                .bind(store_id)
+                .bind(limit)
+                .fetch_all(&mut *$tx)
+                .await?;
+        }
+        let conflicts = rows.into_conflicts($request.max_conflicts);
+        if !conflicts.is_empty() {
+            $tx.rollback().await?;
+            return Ok(MergeOutcome::Conflicts(conflicts));
+        }
+
+        let linked: i64 = if by_barcode {
+            sqlx::query_scalar(sql::COUNT_LINKS)
+                .fetch_one(&mut *$tx)
+                .await?
+        } else {
+            0
+        };
+        sqlx::query(sql::DELETE_REPLACED_BARCODES)
+            .bind(store_id)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query(sql::INSERT_REPLACEMENT_BARCODES)
+            .bind(store_id)
+            .execute(&mut *$tx)
+            .await?;
+        let updated = sqlx::query($statements.update_changed_products.as_str())
+            .bind(store_id)
+            .bind($request.now)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        sqlx::query($statements.allocate_new_product_ids)
+            .execute(&mut *$tx)
+            .await?;
+        let created = sqlx::query($statements.insert_new_products.as_str())
+            .bind(store_id)
+            .bind($request.now)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        sqlx::query(sql::INSERT_NEW_PRODUCT_BARCODES)
+            .bind(store_id)
+            .execute(&mut *$tx)
+            .await?;
+        let cleared = if $request.clear {
+            sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS)
+                .bind(store_id)
+                .bind($request.now)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
+
+        if $abandoned() {
+            $tx.rollback().await?;
+            return Ok(MergeOutcome::Abandoned);
+        }
+        if $request.dry_run {
+            $tx.rollback().await?;
+        } else {
+            $tx.commit().await?;
+        }
+        Ok(MergeOutcome::Applied(MergeCounts {
+            created,
+            updated,
+            cleared,
+            linked: linked as u64,
+        }))
+    }};
+}
+
+/// The staging steps shared by both backends: opening, the batch's own conflicts, cleanup.
+macro_rules! staging_common {
+    ($database:ty, $statements:ident) => {
+        pub(super) async fn open(
+            pool: &sqlx::Pool<$database>,
+        ) -> Result<Self, $crate::store::StoreError> {
+            let mut connection = pool.acquire().await?;
+            sqlx::raw_sql($statements.create_staging.as_str())
+                .execute(&mut *connection)
+                .await?;
+            Ok(Staging { connection })
+        }
+
+        async fn find_batch_conflicts(
+            &mut self,
+            limit: usize,
+        ) -> Result<Vec<$crate::store::BatchConflict>, $crate::store::StoreError> {
+            use $crate::store::{sql, sql_limit};
+            let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
+                .bind(sql_limit(limit))
+                .fetch_all(&mut *self.connection)
+                .await?;
+            let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
+                .bind(sql_limit(limit))
+                .fetch_all(&mut *self.connection)
+                .await?;
+            Ok($crate::store::merge::batch_conflicts_from_rows(
+                duplicates, shared, limit,
+            ))
+        }
+
+        pub(super) async fn close(mut self) {
+            if let Err(error) = sqlx::raw_sql($crate::store::sql::DROP_STAGING)
+                .execute(&mut *self.connection)
+                .await
+            {
+                // The connection may hold staged rows; never hand it to another request.
+                tracing::warn!(%error, "could not drop the staging tables; closing the connection");
+                let _ = self.connection.detach().close().await;
+            }
+        }
+    };
+}

@@ -1,0 +1,219 @@
+//! The matching queue: new products wait in it, matchers work through it, stores read the
+//! results back.
+
+use inventory_sync::pb;
+use inventory_sync::pb::match_queue_client::MatchQueueClient;
+use tonic::transport::Channel;
+
+use crate::support::*;
+
+const STORE: i64 = 640;
+
+fn categorized(external_id: &str, category: pb::Category) -> pb::ProductUpdate {
+    pb::ProductUpdate {
+        category: category as i32,
+        ..stocked(external_id, 1)
+    }
+}
+
+async fn pending(
+    queue: &mut MatchQueueClient<Channel>,
+    request: pb::ListPendingRequest,
+) -> Vec<String> {
+    let mut stream = queue.list_pending(request).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(product) = stream.message().await.unwrap() {
+        ids.push(product.external_id);
+    }
+    ids
+}
+
+fn catalog_item(id: i64) -> pb::CatalogItem {
+    pb::CatalogItem {
+        id,
+        kind: pb::Category::Wine as i32,
+        name: "Chateau Margaux".into(),
+        vintage: "2015".into(),
+        producer: "Chateau Margaux".into(),
+    }
+}
+
+async fn product_id(
+    client: &mut pb::inventory_sync_client::InventorySyncClient<Channel>,
+    external_id: &str,
+) -> i64 {
+    get(client, STORE, external_id).await.unwrap().id
+}
+
+backend_tests! {
+    async fn new_products_wait_in_the_queue_of_their_category_oldest_first(server) {
+        let mut client = server.client().await;
+        let mut queue = MatchQueueClient::new(server.channel().await);
+        sync(
+            &mut client,
+            header(STORE),
+            vec![
+                categorized("w1", pb::Category::Wine),
+                categorized("d1", pb::Category::Drink),
+                categorized("u1", pb::Category::Unspecified),
+                categorized("w2", pb::Category::Wine),
+            ],
+        )
+        .await
+        .unwrap();
+        sync(&mut client, header(STORE + 1), vec![categorized("w3", pb::Category::Wine)]).await.unwrap();
+
+        let wine = pb::ListPendingRequest { category: pb::Category::Wine as i32, ..Default::default() };
+        assert_eq!(pending(&mut queue, wine).await, ["w1", "w2", "w3"]);
+        let drink = pb::ListPendingRequest { category: pb::Category::Drink as i32, ..Default::default() };
+        assert_eq!(pending(&mut queue, drink).await, ["d1"]);
+        assert_eq!(pending(&mut queue, pb::ListPendingRequest::default()).await, ["w1", "d1", "u1", "w2", "w3"]);
+        let one_store = pb::ListPendingRequest { store_id: STORE + 1, ..Default::default() };
+        assert_eq!(pending(&mut queue, one_store).await, ["w3"]);
+
+        // A re-sync does not put anything in the queue twice.
+        sync(&mut client, header(STORE), vec![categorized("w1", pb::Category::Wine)]).await.unwrap();
+        assert_eq!(pending(&mut queue, wine).await, ["w1", "w2", "w3"]);
+    }
+
+    async fn a_product_goes_from_pending_to_claimed_to_complete_and_the_store_reads_it_back(server) {
+        let mut client = server.client().await;
+        let mut queue = MatchQueueClient::new(server.channel().await);
+        sync(&mut client, header(STORE), vec![categorized("w1", pb::Category::Wine), categorized("w2", pb::Category::Wine)])
+            .await
+            .unwrap();
+        let id = product_id(&mut client, "w1").await;
+
+        let claimed = queue
+            .claim(pb::ClaimRequest { product_id: id, claimed_by: "ana".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(claimed.match_status, pb::MatchStatus::InProgress as i32);
+        assert_eq!(claimed.claimed_by, "ana");
+        assert_eq!(pending(&mut queue, pb::ListPendingRequest::default()).await, ["w2"]);
+        let with_claimed = pb::ListPendingRequest { include_in_progress: true, ..Default::default() };
+        assert_eq!(pending(&mut queue, with_claimed).await, ["w1", "w2"]);
+
+        let completed = queue
+            .complete(pb::CompleteRequest { product_id: id, catalog_item: Some(catalog_item(9001)) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(completed.match_status, pb::MatchStatus::Complete as i32);
+        assert_eq!(completed.catalog_item, Some(catalog_item(9001)));
+        let time = |product: &pb::Product| {
+            let stamp = product.updated_at.unwrap();
+            (stamp.seconds, stamp.nanos)
+        };
+        assert!(time(&completed) > time(&claimed), "a match is a change the store can pull");
+
+        // The store pulls processed data back by external id, or all complete products.
+        let read_back = get(&mut client, STORE, "w1").await.unwrap();
+        assert_eq!(read_back.catalog_item, Some(catalog_item(9001)));
+        let complete = list_filtered(
+            &mut client,
+            pb::ListProductsRequest {
+                store_id: STORE,
+                match_status: pb::MatchStatus::Complete as i32,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(complete.iter().map(|p| p.external_id.as_str()).collect::<Vec<_>>(), ["w1"]);
+        assert!(pending(&mut queue, pb::ListPendingRequest::default()).await == ["w2"]);
+    }
+
+    async fn a_matcher_may_release_a_claim_and_a_pending_product_may_be_completed_directly(server) {
+        let mut client = server.client().await;
+        let mut queue = MatchQueueClient::new(server.channel().await);
+        sync(&mut client, header(STORE), vec![stocked("a", 1), stocked("b", 1)]).await.unwrap();
+        let a = product_id(&mut client, "a").await;
+        let b = product_id(&mut client, "b").await;
+
+        queue.claim(pb::ClaimRequest { product_id: a, claimed_by: "ana".into() }).await.unwrap();
+        let released = queue.release(pb::ReleaseRequest { product_id: a }).await.unwrap().into_inner();
+        assert_eq!(released.match_status, pb::MatchStatus::Pending as i32);
+        assert_eq!(released.claimed_by, "");
+        // Released, it can be claimed again, by someone else.
+        let again = queue.claim(pb::ClaimRequest { product_id: a, claimed_by: "ben".into() }).await.unwrap();
+        assert_eq!(again.into_inner().claimed_by, "ben");
+
+        let completed = queue
+            .complete(pb::CompleteRequest { product_id: b, catalog_item: Some(catalog_item(7)) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(completed.match_status, pb::MatchStatus::Complete as i32);
+    }
+
+    async fn illegal_transitions_are_refused_and_change_nothing(server) {
+        let mut client = server.client().await;
+        let mut queue = MatchQueueClient::new(server.channel().await);
+        sync(&mut client, header(STORE), vec![stocked("p", 1), stocked("c", 1)]).await.unwrap();
+        let p = product_id(&mut client, "p").await;
+        let c = product_id(&mut client, "c").await;
+        queue.complete(pb::CompleteRequest { product_id: c, catalog_item: Some(catalog_item(1)) }).await.unwrap();
+
+        let code = |result: Result<tonic::Response<pb::Product>, tonic::Status>| result.unwrap_err().code();
+        // Releasing a pending product, claiming or completing a complete one.
+        assert_eq!(code(queue.release(pb::ReleaseRequest { product_id: p }).await), tonic::Code::FailedPrecondition);
+        let claim_complete = queue.claim(pb::ClaimRequest { product_id: c, claimed_by: "ana".into() }).await;
+        let status = claim_complete.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("MATCH_STATUS_COMPLETE"), "{}", status.message());
+        let complete_again = queue.complete(pb::CompleteRequest { product_id: c, catalog_item: Some(catalog_item(2)) }).await;
+        assert_eq!(code(complete_again), tonic::Code::FailedPrecondition);
+        // Claiming a claimed product.
+        queue.claim(pb::ClaimRequest { product_id: p, claimed_by: "ana".into() }).await.unwrap();
+        let twice = queue.claim(pb::ClaimRequest { product_id: p, claimed_by: "ben".into() }).await;
+        assert_eq!(code(twice), tonic::Code::FailedPrecondition);
+
+        // Unknown products.
+        let unknown = 987_654;
+        assert_eq!(code(queue.claim(pb::ClaimRequest { product_id: unknown, claimed_by: "a".into() }).await), tonic::Code::NotFound);
+        assert_eq!(code(queue.release(pb::ReleaseRequest { product_id: unknown }).await), tonic::Code::NotFound);
+        let complete_unknown = queue.complete(pb::CompleteRequest { product_id: unknown, catalog_item: Some(catalog_item(3)) }).await;
+        assert_eq!(code(complete_unknown), tonic::Code::NotFound);
+
+        // Bad requests.
+        let empty_item = queue.complete(pb::CompleteRequest { product_id: p, catalog_item: Some(pb::CatalogItem::default()) }).await;
+        assert_eq!(violated_fields(&empty_item.unwrap_err()), ["catalog_item.id"]);
+        let no_item = queue.complete(pb::CompleteRequest { product_id: p, catalog_item: None }).await;
+        assert_eq!(violated_fields(&no_item.unwrap_err()), ["catalog_item"]);
+        let nobody = queue.claim(pb::ClaimRequest { product_id: c, claimed_by: String::new() }).await;
+        assert_eq!(violated_fields(&nobody.unwrap_err()), ["claimed_by"]);
+
+        let still = get(&mut client, STORE, "p").await.unwrap();
+        assert_eq!((still.match_status, still.claimed_by.as_str()), (pb::MatchStatus::InProgress as i32, "ana"));
+        assert_eq!(get(&mut client, STORE, "c").await.unwrap().catalog_item, Some(catalog_item(1)));
+    }
+
+    async fn a_later_sync_never_resets_match_status_or_catalog_item(server) {
+        let mut client = server.client().await;
+        let mut queue = MatchQueueClient::new(server.channel().await);
+        sync(&mut client, header(STORE), vec![categorized("m", pb::Category::Wine), stocked("claimed", 1)])
+            .await
+            .unwrap();
+        let m = product_id(&mut client, "m").await;
+        let claimed = product_id(&mut client, "claimed").await;
+        queue.complete(pb::CompleteRequest { product_id: m, catalog_item: Some(catalog_item(42)) }).await.unwrap();
+        queue.claim(pb::ClaimRequest { product_id: claimed, claimed_by: "ana".into() }).await.unwrap();
+
+        let changed = pb::ProductUpdate {
+            name: Some("renamed".into()),
+            category: pb::Category::Drink as i32,
+            ..stocked("m", 9)
+        };
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        let response = sync(&mut client, clear, vec![changed]).await.unwrap();
+        assert_eq!((response.updated, response.cleared), (1, 1));
+
+        let product = get(&mut client, STORE, "m").await.unwrap();
+        assert_eq!(product.match_status, pb::MatchStatus::Complete as i32);
+        assert_eq!(product.catalog_item, Some(catalog_item(42)));
+        assert_eq!((product.in_stock, product.name.as_deref()), (Some(9), Some("renamed")));
+        let other = get(&mut client, STORE, "claimed").await.unwrap();
+        assert_eq!((other.match_status, other.in_stock), (pb::MatchStatus::InProgress as i32, Some(0)));
+    }
+}
