@@ -32,7 +32,6 @@ pub struct TestServer {
     pub activity: Activity,
     shutdown: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), server::ServeError>>>,
-    database: Database,
     _sqlite_dir: Option<tempfile::TempDir>,
     postgres_database: Option<(String, String)>,
 }
@@ -64,7 +63,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let activity = Activity::default();
         let state = AppState {
-            database: database.clone(),
+            database,
             activity: activity.clone(),
             limits,
             max_message_bytes: 4 * 1024 * 1024,
@@ -78,7 +77,6 @@ impl TestServer {
             activity,
             shutdown: Some(shutdown),
             serving: Some(serving),
-            database,
             _sqlite_dir: sqlite_dir,
             postgres_database,
         })
@@ -124,23 +122,21 @@ impl Drop for TestServer {
         if let Some(serving) = self.serving.take() {
             serving.abort();
         }
-        let database = self.database.clone();
-        let postgres_database = self.postgres_database.take();
-        // Drop runs outside async context; a thread with its own runtime does the cleanup.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                database.close().await;
-                if let Some((admin_url, name)) = postgres_database {
-                    drop_postgres_database(&admin_url, &name).await;
-                }
-            });
-        })
-        .join()
-        .expect("clean up the test database");
+        // The pool is not closed here: closing waits for connections that tasks of the
+        // test's runtime may still be returning, and this thread blocks that runtime. A
+        // SQLite file goes with its temporary directory; a PostgreSQL database is dropped
+        // with its connections, from a thread of its own.
+        if let Some((admin_url, name)) = self.postgres_database.take() {
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(drop_postgres_database(&admin_url, &name));
+            })
+            .join()
+            .expect("drop the test database");
+        }
     }
 }
 
