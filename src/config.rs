@@ -2,11 +2,13 @@
 //! configured by flags on a laptop and by the environment in a container.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::DatabaseUrl;
-use crate::sync::SyncLimits;
+use crate::sync::{FieldLimits, SyncLimits};
 
 /// Keeps a retail store's inventory in step with a central product catalog.
 #[derive(Debug, Parser)]
@@ -19,8 +21,61 @@ pub struct Cli {
 /// The subcommands of `inventory-sync`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the gRPC API (InventorySync, health, reflection) until SIGTERM or SIGINT.
+    /// Serve the gRPC API (InventorySync, MatchQueue, health, reflection) until SIGTERM or
+    /// SIGINT.
     Serve(ServeArgs),
+    /// Create, list and revoke the bearer tokens that callers authenticate with.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+/// `inventory-sync tokens …`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print it (alone, on the last line of stdout). It is shown once.
+    Create(CreateTokenArgs),
+    /// List the tokens: id, name, role, stores, created, last used (never the token itself).
+    List(DatabaseArgs),
+    /// Revoke a token: calls with it fail with UNAUTHENTICATED from then on.
+    Revoke(RevokeTokenArgs),
+}
+
+/// Where the data lives.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// A SQLite file (a path or `sqlite://PATH`, created if missing) or a PostgreSQL server
+    /// (`postgres://USER@HOST/DB`).
+    #[arg(long, env = "DATABASE_URL", default_value = "inventory-sync.db")]
+    pub database_url: DatabaseUrl,
+}
+
+/// Options of `inventory-sync tokens create`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["store", "matcher", "admin"])))]
+pub struct CreateTokenArgs {
+    /// A store token for this store (repeat for several stores).
+    #[arg(long = "store", value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub store: Vec<i64>,
+    /// A matcher token: the matching queue, and reading any store.
+    #[arg(long)]
+    pub matcher: bool,
+    /// An admin token: everything.
+    #[arg(long)]
+    pub admin: bool,
+    /// A name to tell the token by in lists and logs.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Options of `inventory-sync tokens revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeTokenArgs {
+    /// The token's id, as `tokens list` shows it.
+    pub id: i64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// Options of `inventory-sync serve`.
@@ -30,26 +85,112 @@ pub struct ServeArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Where the data lives: a SQLite file (a path or `sqlite://PATH`, created if missing) or
-    /// a PostgreSQL server (`postgres://USER@HOST/DB`).
-    #[arg(long, env = "DATABASE_URL", default_value = "inventory-sync.db")]
-    pub database_url: DatabaseUrl,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Serve without authentication: every caller may do everything. For development only.
+    #[arg(long, env = "INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Largest decoded gRPC message accepted, in bytes.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Bounds on what clients may send and do; each exceeded bound is refused with a clear
+/// status and commits nothing.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
     /// Most products one sync may carry.
     #[arg(long, env = "MAX_PRODUCTS_PER_SYNC", default_value_t = SyncLimits::default().max_products)]
     pub max_products_per_sync: u64,
+
+    /// Most barcodes one product may carry.
+    #[arg(long, env = "MAX_BARCODES_PER_PRODUCT", default_value_t = FieldLimits::default().max_barcodes)]
+    pub max_barcodes_per_product: usize,
+
+    /// Longest barcode, in characters.
+    #[arg(long, env = "MAX_BARCODE_CHARS", default_value_t = FieldLimits::default().max_barcode_chars)]
+    pub max_barcode_chars: usize,
+
+    /// Longest product name, in characters.
+    #[arg(long, env = "MAX_NAME_CHARS", default_value_t = FieldLimits::default().max_name_chars)]
+    pub max_name_chars: usize,
+
+    /// Longest unit size, in characters.
+    #[arg(long, env = "MAX_UNIT_SIZE_CHARS", default_value_t = FieldLimits::default().max_unit_size_chars)]
+    pub max_unit_size_chars: usize,
+
+    /// Mass-clear guard: a clearing sync may set at most this fraction of a store's in-stock
+    /// products out of stock (when that is more than 10 products) unless the sync sets
+    /// allow_mass_clear.
+    #[arg(long, env = "MAX_CLEAR_FRACTION", default_value_t = SyncLimits::default().max_clear_fraction,
+          value_parser = parse_fraction)]
+    pub max_clear_fraction: f64,
+
+    /// Syncs running at once; more wait for their turn.
+    #[arg(long, env = "MAX_CONCURRENT_SYNCS", default_value_t = SyncLimits::default().max_concurrent_syncs,
+          value_parser = parse_positive)]
+    pub max_concurrent_syncs: usize,
+
+    /// How long a sync waits for its turn before RESOURCE_EXHAUSTED (e.g. "10s").
+    #[arg(long, env = "SYNC_QUEUE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sync_queue_timeout: Duration,
+
+    /// A sync whose client sends nothing for this long is rolled back (e.g. "60s").
+    #[arg(long, env = "STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Duration,
 }
 
-impl ServeArgs {
-    /// The limits a sync is held to.
+impl LimitArgs {
+    /// The limits syncs are held to.
     pub fn sync_limits(&self) -> SyncLimits {
         SyncLimits {
             max_products: self.max_products_per_sync,
+            fields: FieldLimits {
+                max_barcodes: self.max_barcodes_per_product,
+                max_barcode_chars: self.max_barcode_chars,
+                max_name_chars: self.max_name_chars,
+                max_unit_size_chars: self.max_unit_size_chars,
+            },
+            max_clear_fraction: self.max_clear_fraction,
+            max_concurrent_syncs: self.max_concurrent_syncs,
+            queue_timeout: self.sync_queue_timeout,
+            idle_timeout: self.stream_idle_timeout,
             ..SyncLimits::default()
         }
+    }
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("{text:?} is not a whole number above 0")),
+        Ok(number) => Ok(number),
+    }
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let fraction: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&fraction) {
+        Ok(fraction)
+    } else {
+        Err(format!("{text} is not a fraction from 0 to 1"))
     }
 }

@@ -12,10 +12,12 @@
 //! - [`sync`]: the domain: validated products, the sync session and its counts.
 //! - [`matching`]: the catalog team's matching queue and its transitions.
 //! - [`store`]: the database: SQLite and PostgreSQL behind one type, all SQL in one place.
+//! - [`auth`]: bearer tokens, roles, and who may call what.
 //! - [`activity`]: what is in flight right now (syncs, products), for operators and tests.
 //! - [`pb`]: code generated from `proto/inventory/v1/inventory.proto`.
 
 pub mod activity;
+pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod matching;

@@ -2,13 +2,20 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Parser;
 use inventory_sync::activity::Activity;
-use inventory_sync::config::{Cli, Command, ServeArgs};
+use inventory_sync::auth::{self, Authenticator, Role};
+use inventory_sync::config::{
+    Cli, Command, CreateTokenArgs, DatabaseArgs, ServeArgs, TokensCommand,
+};
 use inventory_sync::server::{self, AppState};
 use inventory_sync::store::Database;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
+
+type Failure = Box<dyn std::error::Error>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,6 +30,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Tokens(TokensCommand::Create(args)) => create_token(args).await,
+        Command::Tokens(TokensCommand::List(args)) => list_tokens(args).await,
+        Command::Tokens(TokensCommand::Revoke(args)) => revoke_token(args.id, &args.database).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,28 +43,170 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let database = Database::connect(&args.database_url)
+async fn open(database: &DatabaseArgs) -> Result<Database, Failure> {
+    Database::connect(&database.database_url)
         .await
-        .map_err(|error| format!("cannot open the database {}: {error}", args.database_url))?;
+        .map_err(|error| {
+            format!(
+                "cannot open the database {}: {error}",
+                database.database_url
+            )
+            .into()
+        })
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let database = open(&args.database).await?;
+    let auth = if args.insecure_no_auth {
+        tracing::warn!(
+            "authentication is OFF (--insecure-no-auth): anyone who reaches the port may read \
+             and rewrite every store"
+        );
+        Authenticator::disabled()
+    } else {
+        create_first_admin_token(&database).await?;
+        Authenticator::new(database.clone())
+    };
+    let tls = tls_config(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        database = %args.database_url,
+        database = %args.database.database_url,
+        tls = tls.is_some(),
         "inventory-sync is serving"
     );
     let state = AppState {
         database: database.clone(),
         activity: Activity::default(),
-        limits: args.sync_limits(),
+        limits: args.limits.sync_limits(),
         max_message_bytes: args.max_message_bytes,
+        auth,
+        tls,
     };
     server::run(listener, state, shutdown_signal()).await?;
     database.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Secure by default, usable at once: a database without tokens gets an admin token, shown
+/// this once.
+async fn create_first_admin_token(database: &Database) -> Result<(), Failure> {
+    if database.count_tokens().await? > 0 {
+        return Ok(());
+    }
+    let token = auth::create_token(database, "first admin", &Role::Admin).await?;
+    eprintln!(
+        "\nCreated the first admin token. It will not be shown again; keep it safe:\n\n    {token}\n\n\
+         Pass it as the metadata \"authorization: Bearer <token>\". Make tokens for stores and \
+         matchers with `inventory-sync tokens create`.\n"
+    );
+    Ok(())
+}
+
+fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, Failure> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(client_ca) = &args.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(client_ca)?));
+    }
+    Ok(Some(config))
+}
+
+async fn create_token(args: CreateTokenArgs) -> Result<(), Failure> {
+    let database = open(&args.database).await?;
+    let role = if args.admin {
+        Role::Admin
+    } else if args.matcher {
+        Role::Matcher
+    } else {
+        Role::Store(args.store.clone())
+    };
+    let token = auth::create_token(&database, &args.name, &role).await?;
+    let scope = match &role {
+        Role::Store(stores) => format!("store token for stores {stores:?}"),
+        Role::Matcher => "matcher token".to_owned(),
+        Role::Admin => "admin token".to_owned(),
+    };
+    println!(
+        "Created {scope} {} (id {}). It is shown only now:",
+        quoted(&args.name),
+        token.id
+    );
+    println!("{token}");
+    database.close().await;
+    Ok(())
+}
+
+async fn list_tokens(args: DatabaseArgs) -> Result<(), Failure> {
+    let database = open(&args).await?;
+    println!(
+        "{:>4}  {:<24} {:<8} {:<16} {:<20} {:<20}",
+        "ID", "NAME", "ROLE", "STORES", "CREATED", "LAST USED"
+    );
+    for token in auth::list_tokens(&database).await? {
+        let record = &token.record;
+        let stores = token
+            .stores
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let role = if record.revoked_at.is_some() {
+            format!("{} (revoked)", record.role)
+        } else {
+            record.role.clone()
+        };
+        println!(
+            "{:>4}  {:<24} {:<8} {:<16} {:<20} {:<20}",
+            record.id,
+            record.name,
+            role,
+            if stores.is_empty() { "-" } else { &stores },
+            time(Some(record.created_at)),
+            time(record.last_used_at),
+        );
+    }
+    database.close().await;
+    Ok(())
+}
+
+async fn revoke_token(id: i64, args: &DatabaseArgs) -> Result<(), Failure> {
+    let database = open(args).await?;
+    let revoked = auth::revoke_token(&database, id).await?;
+    database.close().await;
+    if revoked {
+        println!("Revoked token {id}.");
+        Ok(())
+    } else {
+        Err(format!("there is no active token {id}").into())
+    }
+}
+
+fn quoted(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// Microseconds since the Unix epoch as an RFC 3339 time, to the second.
+fn time(micros: Option<i64>) -> String {
+    match micros.and_then(|micros| u64::try_from(micros).ok()) {
+        Some(micros) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(micros))
+                .to_string()
+        }
+        None => "never".to_owned(),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

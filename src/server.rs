@@ -6,9 +6,10 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::activity::Activity;
+use crate::auth::Authenticator;
 use crate::grpc::{InventoryService, MatchQueueService};
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySyncServer;
@@ -24,6 +25,10 @@ pub struct AppState {
     pub limits: SyncLimits,
     /// Largest decoded gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Checks the callers of every call but health and reflection.
+    pub auth: Authenticator,
+    /// Serve TLS (and require client certificates if it says so); plaintext when `None`.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// Why serving stopped with an error.
@@ -46,9 +51,13 @@ pub async fn run(
         state.activity.clone(),
         state.limits.clone(),
     );
-    let inventory = InventorySyncServer::new(InventoryService::new(engine, state.database.clone()))
-        .max_decoding_message_size(state.max_message_bytes);
-    let match_queue = MatchQueueServer::new(MatchQueueService::new(state.database))
+    let inventory = InventorySyncServer::new(InventoryService::new(
+        engine,
+        state.database.clone(),
+        state.auth.clone(),
+    ))
+    .max_decoding_message_size(state.max_message_bytes);
+    let match_queue = MatchQueueServer::new(MatchQueueService::new(state.database, state.auth))
         .max_decoding_message_size(state.max_message_bytes);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -68,7 +77,11 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = state.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

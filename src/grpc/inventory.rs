@@ -3,24 +3,31 @@
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::caller;
 use super::convert::micros_from_timestamp;
 use super::pages::{PAGE_SIZE, ProductStream, stream_pages};
 use super::status::invalid_field;
+use crate::auth::Authenticator;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySync;
 use crate::store::{Database, ProductFilter, ProductKey};
-use crate::sync::{SyncEngine, SyncOptions, Violation};
+use crate::sync::{SyncEngine, SyncError, SyncOptions, Violation};
 
 /// Serves syncs and reads of one database.
 #[derive(Debug, Clone)]
 pub struct InventoryService {
     engine: SyncEngine,
     database: Database,
+    auth: Authenticator,
 }
 
 impl InventoryService {
-    pub fn new(engine: SyncEngine, database: Database) -> Self {
-        InventoryService { engine, database }
+    pub fn new(engine: SyncEngine, database: Database, auth: Authenticator) -> Self {
+        InventoryService {
+            engine,
+            database,
+            auth,
+        }
     }
 }
 
@@ -30,8 +37,13 @@ impl InventorySync for InventoryService {
         &self,
         request: Request<Streaming<pb::SyncRequest>>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
+        let principal = caller(&self.auth, &request).await?;
         let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| {
+        let idle_timeout = self.engine.limits().idle_timeout;
+        let first = tokio::time::timeout(idle_timeout, stream.message())
+            .await
+            .map_err(|_| SyncError::Idle(idle_timeout))??;
+        let first = first.ok_or_else(|| {
             invalid_field(
                 "header",
                 "the stream ended before its first message; the first message must carry the header",
@@ -44,13 +56,19 @@ impl InventorySync for InventoryService {
             )
         })?;
         let options = SyncOptions::try_from(header)?;
+        principal.may_write_store(options.store_id)?;
         let mut session = self.engine.begin(options).await?;
         let span = session.span().clone();
 
         async move {
             session.receive(first.products).await?;
             let mut message_number = 1u64;
-            while let Some(message) = stream.message().await? {
+            loop {
+                // A client that goes silent must not hold a sync (and its connection) open.
+                let next = tokio::time::timeout(idle_timeout, stream.message())
+                    .await
+                    .map_err(|_| SyncError::Idle(idle_timeout))?;
+                let Some(message) = next? else { break };
                 message_number += 1;
                 if message.header.is_some() {
                     session.reject(Violation::new(
@@ -73,8 +91,10 @@ impl InventorySync for InventoryService {
         &self,
         request: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::Product>, Status> {
+        let principal = caller(&self.auth, &request).await?;
         let request = request.into_inner();
         check_store_id(request.store_id)?;
+        principal.may_read_store(request.store_id)?;
         let key = match request.key {
             Some(pb::get_product_request::Key::ExternalId(id)) if !id.is_empty() => {
                 ProductKey::ExternalId(id)
@@ -110,8 +130,10 @@ impl InventorySync for InventoryService {
         &self,
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<Self::ListProductsStream>, Status> {
+        let principal = caller(&self.auth, &request).await?;
         let request = request.into_inner();
         check_store_id(request.store_id)?;
+        principal.may_read_store(request.store_id)?;
         if pb::MatchStatus::try_from(request.match_status).is_err() {
             return Err(invalid_field(
                 "match_status",

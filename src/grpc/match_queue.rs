@@ -2,8 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
+use super::caller;
 use super::pages::{PAGE_SIZE, ProductStream, stream_pages};
 use super::status::invalid_field;
+use crate::auth::Authenticator;
 use crate::matching::{CatalogItem, MatchError, MatchQueue};
 use crate::pb;
 use crate::pb::match_queue_server;
@@ -14,14 +16,22 @@ use crate::store::{Database, PendingFilter};
 pub struct MatchQueueService {
     queue: MatchQueue,
     database: Database,
+    auth: Authenticator,
 }
 
 impl MatchQueueService {
-    pub fn new(database: Database) -> Self {
+    pub fn new(database: Database, auth: Authenticator) -> Self {
         MatchQueueService {
             queue: MatchQueue::new(database.clone()),
             database,
+            auth,
         }
+    }
+
+    /// Every queue call takes a matcher or admin token.
+    async fn check_matcher<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        caller(&self.auth, request).await?.may_match()?;
+        Ok(())
     }
 }
 
@@ -33,6 +43,7 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::ListPendingRequest>,
     ) -> Result<Response<Self::ListPendingStream>, Status> {
+        self.check_matcher(&request).await?;
         let request = request.into_inner();
         if request.store_id < 0 {
             return Err(invalid_field(
@@ -67,6 +78,7 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::Product>, Status> {
+        self.check_matcher(&request).await?;
         let request = request.into_inner();
         let product = self
             .queue
@@ -79,6 +91,7 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::Product>, Status> {
+        self.check_matcher(&request).await?;
         let request = request.into_inner();
         let item = CatalogItem::from_wire(request.catalog_item).map_err(MatchError::Invalid)?;
         let product = self.queue.complete(request.product_id, &item).await?;
@@ -89,6 +102,7 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::Product>, Status> {
+        self.check_matcher(&request).await?;
         let request = request.into_inner();
         let product = self.queue.release(request.product_id).await?;
         Ok(Response::new(product.into()))

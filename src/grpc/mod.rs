@@ -9,3 +9,16 @@ mod status;
 
 pub use inventory::InventoryService;
 pub use match_queue::MatchQueueService;
+
+use tonic::{Request, Status};
+
+use crate::auth::{Authenticator, Principal};
+
+/// The authenticated caller of a request.
+async fn caller<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
+    Ok(auth.authenticate(authorization).await?)
+}

@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AuthError;
 use crate::matching::MatchError;
 use crate::store::StoreError;
 use crate::sync::{SyncError, Violation, Violations};
@@ -15,13 +16,29 @@ impl From<SyncError> for Status {
             SyncError::Invalid(violations) => invalid_argument(&violations),
             SyncError::CountMismatch { .. } => Status::failed_precondition(error.to_string()),
             SyncError::Unimplemented { .. } => Status::unimplemented(error.to_string()),
-            SyncError::TooManyProducts { .. } => Status::resource_exhausted(error.to_string()),
+            SyncError::TooManyProducts { .. } | SyncError::Busy { .. } => {
+                Status::resource_exhausted(error.to_string())
+            }
+            SyncError::MassClear { .. } => Status::failed_precondition(error.to_string()),
             SyncError::Abandoned => Status::cancelled(error.to_string()),
+            SyncError::Idle(_) => Status::deadline_exceeded(error.to_string()),
             SyncError::Store(error) => error.into(),
             SyncError::Worker(detail) => {
                 tracing::error!(%detail, "sync worker failed");
                 Status::internal("internal error; the server log has the details")
             }
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Missing | AuthError::Invalid => Status::unauthenticated(error.to_string()),
+            AuthError::StoreDenied { .. } | AuthError::RoleDenied { .. } => {
+                Status::permission_denied(error.to_string())
+            }
+            AuthError::Store(error) => error.into(),
         }
     }
 }

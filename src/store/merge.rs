@@ -67,7 +67,14 @@ pub struct MergeRequest {
     pub now: i64,
     /// How many conflicts to report at most.
     pub max_conflicts: usize,
+    /// The mass-clear guard: the largest fraction of the store's in-stock products a clear
+    /// may set out of stock (when that is more than [`MASS_CLEAR_FLOOR`] products); `None`
+    /// when the sync allows a mass clear.
+    pub max_clear_fraction: Option<f64>,
 }
+
+/// A clear of this many products or fewer never trips the mass-clear guard.
+pub const MASS_CLEAR_FLOOR: u64 = 10;
 
 /// Rows written by a merge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +94,8 @@ pub enum MergeOutcome {
     Conflicts(Vec<BatchConflict>),
     /// Rolled back: the client went away before the commit.
     Abandoned,
+    /// Rolled back: the clear would set more of the store out of stock than allowed.
+    MassClear { would_clear: u64, in_stock: u64 },
 }
 
 /// Positions come back from SQL as BIGINT; they were written from `u64` positions.
@@ -238,6 +247,14 @@ macro_rules! merge_into_locked_store {
             return Ok(MergeOutcome::Conflicts(conflicts));
         }
 
+        let in_stock_before: i64 = if $request.clear {
+            sqlx::query_scalar(sql::COUNT_IN_STOCK)
+                .bind(store_id)
+                .fetch_one(&mut *$tx)
+                .await?
+        } else {
+            0
+        };
         let linked: i64 = if by_barcode {
             sqlx::query_scalar(sql::COUNT_LINKS)
                 .fetch_one(&mut *$tx)
@@ -283,6 +300,18 @@ macro_rules! merge_into_locked_store {
             0
         };
 
+        if let Some(fraction) = $request.max_clear_fraction {
+            let in_stock = in_stock_before as u64;
+            if cleared > $crate::store::merge::MASS_CLEAR_FLOOR
+                && cleared as f64 > fraction * in_stock as f64
+            {
+                $tx.rollback().await?;
+                return Ok(MergeOutcome::MassClear {
+                    would_clear: cleared,
+                    in_stock,
+                });
+            }
+        }
         if $abandoned() {
             $tx.rollback().await?;
             return Ok(MergeOutcome::Abandoned);

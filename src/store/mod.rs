@@ -5,11 +5,14 @@
 mod merge;
 #[macro_use]
 mod live;
+#[macro_use]
+mod tokens;
 mod postgres;
 mod sql;
 mod sqlite;
 
-pub use merge::{BatchConflict, MergeCounts, MergeOutcome, MergeRequest};
+pub use merge::{BatchConflict, MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest};
+pub use tokens::{NewToken, TokenRecord};
 
 use std::fmt;
 use std::str::FromStr;
@@ -267,6 +270,62 @@ impl Database {
         match self {
             Database::Sqlite(pool) => sqlite::release(pool, product_id).await,
             Database::Postgres(pool) => postgres::release(pool, product_id).await,
+        }
+    }
+
+    /// Stores a new token; returns its id.
+    pub async fn insert_token(&self, token: &NewToken<'_>) -> Result<i64, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::insert_token(pool, token).await,
+            Database::Postgres(pool) => postgres::insert_token(pool, token).await,
+        }
+    }
+
+    /// One token by id, revoked or not.
+    pub async fn token(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::token(pool, id).await,
+            Database::Postgres(pool) => postgres::token(pool, id).await,
+        }
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::tokens(pool).await,
+            Database::Postgres(pool) => postgres::tokens(pool).await,
+        }
+    }
+
+    /// The stores a token may act for.
+    pub async fn token_stores(&self, token_id: i64) -> Result<Vec<i64>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::token_stores(pool, token_id).await,
+            Database::Postgres(pool) => postgres::token_stores(pool, token_id).await,
+        }
+    }
+
+    /// Revokes a token; `false` if there is no such token or it was already revoked.
+    pub async fn revoke_token(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::revoke_token(pool, id, now).await,
+            Database::Postgres(pool) => postgres::revoke_token(pool, id, now).await,
+        }
+    }
+
+    /// How many tokens were ever created (revoked ones included).
+    pub async fn count_tokens(&self) -> Result<i64, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::count_tokens(pool).await,
+            Database::Postgres(pool) => postgres::count_tokens(pool).await,
+        }
+    }
+
+    /// Records that a token was used.
+    pub async fn touch_token(&self, id: i64, now: i64) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::touch_token(pool, id, now).await,
+            Database::Postgres(pool) => postgres::touch_token(pool, id, now).await,
         }
     }
 

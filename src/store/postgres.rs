@@ -23,6 +23,7 @@ pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     Ok(pool)
 }
 
+token_queries!(sqlx::Postgres);
 live_queries!(sqlx::Postgres, POSTGRES);
 
 /// The staging area of one sync on PostgreSQL.

@@ -242,6 +242,10 @@ pub(super) const INSERT_NEW_PRODUCT_BARCODES: &str = "
     JOIN staged_barcodes b ON b.idx = s.idx
     WHERE s.created";
 
+/// The store's products in stock before the sync: the base of the mass-clear guard.
+pub(super) const COUNT_IN_STOCK: &str =
+    "SELECT COUNT(*) FROM products WHERE store_id = $1 AND in_stock > 0";
+
 /// Sets every product of the store that this sync did not list out of stock.
 pub(super) const CLEAR_UNLISTED_PRODUCTS: &str = "
     UPDATE products SET in_stock = 0, updated_at = $2

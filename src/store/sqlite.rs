@@ -38,6 +38,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     Ok(pool)
 }
 
+token_queries!(sqlx::Sqlite);
 live_queries!(sqlx::Sqlite, SQLITE);
 
 /// The staging area of one sync on SQLite.

@@ -9,24 +9,36 @@ mod violation;
 
 pub(crate) use product::check_text;
 pub use product::{
-    Barcodes, Category, FieldError, MAX_BARCODE_CHARS, MAX_BARCODES_PER_PRODUCT,
-    MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS, MAX_PRICE_DECIMALS, MAX_UNIT_SIZE_CHARS, Price,
-    ProductChange, SyncKey,
+    Barcodes, Category, FieldError, FieldLimits, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS,
+    MAX_PRICE_DECIMALS, Price, ProductChange, SyncKey,
 };
 pub(crate) use session::now_micros;
 pub use session::{SyncEngine, SyncSession};
 pub use violation::{Violation, Violations};
 
+use std::time::Duration;
+
 use crate::pb;
 use crate::store::StoreError;
 
-/// Bounds on what one sync may carry.
+/// Bounds on what syncs may carry and do.
 #[derive(Debug, Clone)]
 pub struct SyncLimits {
     /// Most products in one sync.
     pub max_products: u64,
     /// Most violations listed in one error (all are counted).
     pub max_violations: usize,
+    /// Bounds on each product's fields.
+    pub fields: FieldLimits,
+    /// The mass-clear guard: the largest fraction of a store's in-stock products that a
+    /// clearing sync may set out of stock without `allow_mass_clear`.
+    pub max_clear_fraction: f64,
+    /// Syncs merging or streaming at once; more wait their turn.
+    pub max_concurrent_syncs: usize,
+    /// How long a sync waits for its turn before `RESOURCE_EXHAUSTED`.
+    pub queue_timeout: Duration,
+    /// A sync whose client sends nothing for this long is rolled back.
+    pub idle_timeout: Duration,
 }
 
 impl Default for SyncLimits {
@@ -34,6 +46,11 @@ impl Default for SyncLimits {
         SyncLimits {
             max_products: 5_000_000,
             max_violations: 100,
+            fields: FieldLimits::default(),
+            max_clear_fraction: 0.5,
+            max_concurrent_syncs: 8,
+            queue_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -45,6 +62,7 @@ pub struct SyncOptions {
     pub key: SyncKey,
     pub clear: bool,
     pub dry_run: bool,
+    pub allow_mass_clear: bool,
     pub expected_count: Option<u64>,
 }
 
@@ -74,7 +92,6 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
         let unimplemented = [
             (!header.idempotency_key.is_empty(), "header.idempotency_key"),
             (header.skip_invalid, "header.skip_invalid"),
-            (header.allow_mass_clear, "header.allow_mass_clear"),
         ];
         if let Some((_, field)) = unimplemented.into_iter().find(|(set, _)| *set) {
             return Err(SyncError::Unimplemented { field });
@@ -84,6 +101,7 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
             key,
             clear: header.clear,
             dry_run: header.dry_run,
+            allow_mass_clear: header.allow_mass_clear,
             expected_count: header.expected_count,
         })
     }
@@ -132,6 +150,26 @@ pub enum SyncError {
     /// The sync carries more products than the server accepts.
     #[error("a sync may carry at most {limit} products; nothing was committed")]
     TooManyProducts { limit: u64 },
+    /// The clear would set too much of the store out of stock.
+    #[error(
+        "this clearing sync would set {would_clear} products out of stock, more than {percent}% \
+         of the store's {in_stock} in-stock products; nothing was committed. If that is \
+         intended, set header.allow_mass_clear"
+    )]
+    MassClear {
+        would_clear: u64,
+        in_stock: u64,
+        percent: u32,
+    },
+    /// No turn for the sync came up in time: too many syncs are running.
+    #[error(
+        "the server is running its limit of {limit} syncs and none finished within {waited:?}; \
+         retry later"
+    )]
+    Busy { limit: usize, waited: Duration },
+    /// The client sent nothing for too long.
+    #[error("the client sent nothing for {0:?}; the sync was rolled back")]
+    Idle(Duration),
     /// The client went away before the sync completed.
     #[error("the sync was abandoned by the client")]
     Abandoned,

@@ -7,18 +7,36 @@ use crate::pb;
 
 /// Longest external id, in characters.
 pub const MAX_EXTERNAL_ID_CHARS: usize = 128;
-/// Longest barcode, in characters.
-pub const MAX_BARCODE_CHARS: usize = 64;
-/// Most barcodes one product may carry.
-pub const MAX_BARCODES_PER_PRODUCT: usize = 32;
-/// Longest product name, in characters.
+/// Longest product name by default, in characters (also the bound of catalog item names).
 pub const MAX_NAME_CHARS: usize = 512;
-/// Longest unit size, in characters.
-pub const MAX_UNIT_SIZE_CHARS: usize = 64;
 /// Most digits before the decimal point of a price.
 pub const MAX_PRICE_INTEGER_DIGITS: usize = 14;
 /// Most digits after the decimal point of a price.
 pub const MAX_PRICE_DECIMALS: usize = 4;
+
+/// Bounds on the fields of one product; the server's operator may tune them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldLimits {
+    /// Most barcodes one product may carry.
+    pub max_barcodes: usize,
+    /// Longest barcode, in characters.
+    pub max_barcode_chars: usize,
+    /// Longest product name, in characters.
+    pub max_name_chars: usize,
+    /// Longest unit size, in characters.
+    pub max_unit_size_chars: usize,
+}
+
+impl Default for FieldLimits {
+    fn default() -> Self {
+        FieldLimits {
+            max_barcodes: 32,
+            max_barcode_chars: 64,
+            max_name_chars: MAX_NAME_CHARS,
+            max_unit_size_chars: 64,
+        }
+    }
+}
 
 /// Which matching queue a product belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +188,11 @@ pub struct ProductChange {
 impl ProductChange {
     /// Validates a product update of a sync keyed by `key`. Checks every field and reports
     /// every problem found, not just the first.
-    pub fn from_wire(raw: pb::ProductUpdate, key: SyncKey) -> Result<Self, Vec<FieldError>> {
+    pub fn from_wire(
+        raw: pb::ProductUpdate,
+        key: SyncKey,
+        limits: &FieldLimits,
+    ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let external_id = match (key, raw.external_id.is_empty()) {
             (SyncKey::Barcode, true) => None,
@@ -185,7 +207,7 @@ impl ProductChange {
                 "barcodes are missing; every product of a barcode-keyed sync needs at least one",
             ));
         }
-        let barcodes = validate_barcodes(raw.barcodes, &mut errors);
+        let barcodes = validate_barcodes(raw.barcodes, limits, &mut errors);
         if let Some(in_stock) = raw.in_stock
             && in_stock < 0
         {
@@ -202,12 +224,12 @@ impl ProductChange {
             }
         });
         if let Some(name) = &raw.name {
-            collect(&mut errors, check_text("name", name, MAX_NAME_CHARS));
+            collect(&mut errors, check_text("name", name, limits.max_name_chars));
         }
         if let Some(unit_size) = &raw.unit_size {
             collect(
                 &mut errors,
-                check_text("unit_size", unit_size, MAX_UNIT_SIZE_CHARS),
+                check_text("unit_size", unit_size, limits.max_unit_size_chars),
             );
         }
         if let Some(abv) = raw.abv {
@@ -262,16 +284,21 @@ fn check_external_id(external_id: &str) -> Result<(), FieldError> {
     check_text("external_id", external_id, MAX_EXTERNAL_ID_CHARS)
 }
 
-fn validate_barcodes(barcodes: Vec<String>, errors: &mut Vec<FieldError>) -> Option<Barcodes> {
+fn validate_barcodes(
+    barcodes: Vec<String>,
+    limits: &FieldLimits,
+    errors: &mut Vec<FieldError>,
+) -> Option<Barcodes> {
     if barcodes.is_empty() {
         return None;
     }
-    if barcodes.len() > MAX_BARCODES_PER_PRODUCT {
+    if barcodes.len() > limits.max_barcodes {
         errors.push(FieldError::new(
             "barcodes",
             format!(
-                "{} barcodes given; a product may have at most {MAX_BARCODES_PER_PRODUCT}",
-                barcodes.len()
+                "{} barcodes given; a product may have at most {}",
+                barcodes.len(),
+                limits.max_barcodes
             ),
         ));
         return None;
@@ -281,10 +308,13 @@ fn validate_barcodes(barcodes: Vec<String>, errors: &mut Vec<FieldError>) -> Opt
         let field = format!("barcodes[{position}]");
         if barcode.is_empty() {
             errors.push(FieldError::new(field, "barcode is empty"));
-        } else if barcode.chars().count() > MAX_BARCODE_CHARS {
+        } else if barcode.chars().count() > limits.max_barcode_chars {
             errors.push(FieldError::new(
                 field,
-                format!("barcode is longer than {MAX_BARCODE_CHARS} characters"),
+                format!(
+                    "barcode is longer than {} characters",
+                    limits.max_barcode_chars
+                ),
             ));
         } else if !barcode.bytes().all(|b| b.is_ascii_graphic()) {
             errors.push(FieldError::new(
@@ -389,7 +419,8 @@ mod tests {
             category: 9,
             ..pb::ProductUpdate::default()
         };
-        let errors = ProductChange::from_wire(raw, SyncKey::ExternalId).unwrap_err();
+        let errors = ProductChange::from_wire(raw, SyncKey::ExternalId, &FieldLimits::default())
+            .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -412,14 +443,17 @@ mod tests {
             barcodes: vec!["b".into(), "a".into(), "b".into()],
             ..pb::ProductUpdate::default()
         };
-        let change = ProductChange::from_wire(raw, SyncKey::ExternalId).unwrap();
+        let change =
+            ProductChange::from_wire(raw, SyncKey::ExternalId, &FieldLimits::default()).unwrap();
         assert_eq!(change.barcodes.unwrap().joined(), "a b");
     }
 
     #[test]
     fn a_barcode_sync_needs_barcodes_but_not_an_external_id() {
         let without_barcodes = pb::ProductUpdate::default();
-        let errors = ProductChange::from_wire(without_barcodes, SyncKey::Barcode).unwrap_err();
+        let errors =
+            ProductChange::from_wire(without_barcodes, SyncKey::Barcode, &FieldLimits::default())
+                .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["barcodes"]);
 
@@ -427,7 +461,8 @@ mod tests {
             barcodes: vec!["1".into()],
             ..pb::ProductUpdate::default()
         };
-        let change = ProductChange::from_wire(coded, SyncKey::Barcode).unwrap();
+        let change =
+            ProductChange::from_wire(coded, SyncKey::Barcode, &FieldLimits::default()).unwrap();
         assert_eq!(change.external_id, None);
     }
 }

@@ -8,9 +8,10 @@
 //! in one transaction. If the session is dropped first (the client cancelled, the stream
 //! broke, the server shut down), the worker sees its queue close and discards everything.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, Span, info, warn};
 
@@ -25,27 +26,45 @@ use crate::store::{Database, MergeOutcome, MergeRequest, Staging};
 /// Batches waiting between the handler and the worker; bounds memory per sync.
 const STAGING_QUEUE_DEPTH: usize = 4;
 
-/// Starts syncs.
+/// Starts syncs, at most `max_concurrent_syncs` at a time.
 #[derive(Debug, Clone)]
 pub struct SyncEngine {
     database: Database,
     activity: Activity,
     limits: SyncLimits,
+    turns: Arc<Semaphore>,
 }
 
 impl SyncEngine {
     pub fn new(database: Database, activity: Activity, limits: SyncLimits) -> Self {
+        let turns = Arc::new(Semaphore::new(limits.max_concurrent_syncs));
         SyncEngine {
             database,
             activity,
             limits,
+            turns,
         }
     }
 
-    /// Opens a sync: a staging area on a connection of its own and the worker that fills it.
+    pub fn limits(&self) -> &SyncLimits {
+        &self.limits
+    }
+
+    /// Opens a sync: waits for its turn (a bounded time), then opens a staging area on a
+    /// connection of its own and starts the worker that fills it.
     pub async fn begin(&self, options: SyncOptions) -> Result<SyncSession, SyncError> {
         let sync_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("sync", store_id = options.store_id, sync_id = %sync_id);
+        let waited = self.limits.queue_timeout;
+        let turn = match tokio::time::timeout(waited, self.turns.clone().acquire_owned()).await {
+            Ok(Ok(turn)) => turn,
+            // The semaphore is never closed; a timeout is the only way to get here in practice.
+            Ok(Err(_)) | Err(_) => {
+                let limit = self.limits.max_concurrent_syncs;
+                span.in_scope(|| warn!(limit, ?waited, "sync refused: no turn came up in time"));
+                return Err(SyncError::Busy { limit, waited });
+            }
+        };
         let staging = self
             .database
             .open_staging()
@@ -58,6 +77,7 @@ impl SyncEngine {
             options: options.clone(),
             limits: self.limits.clone(),
             in_flight: self.activity.start_sync(),
+            _turn: turn,
         };
         let worker = tokio::spawn(worker.run().instrument(span.clone()));
         span.in_scope(|| {
@@ -129,7 +149,7 @@ impl SyncSession {
         let mut valid = Vec::with_capacity(products.len());
         for (offset, update) in products.into_iter().enumerate() {
             let index = self.received + offset as u64;
-            match ProductChange::from_wire(update, self.options.key) {
+            match ProductChange::from_wire(update, self.options.key, &self.limits.fields) {
                 Ok(change) => valid.push(StagedProduct { index, change }),
                 Err(errors) => {
                     for error in errors {
@@ -203,6 +223,8 @@ struct Worker {
     options: SyncOptions,
     limits: SyncLimits,
     in_flight: crate::activity::SyncInFlight,
+    /// Held until the worker ends, so the next sync's turn comes only then.
+    _turn: OwnedSemaphorePermit,
 }
 
 impl Worker {
@@ -279,6 +301,8 @@ impl Worker {
             dry_run: self.options.dry_run,
             now: now_micros(),
             max_conflicts: self.limits.max_violations,
+            max_clear_fraction: (!self.options.allow_mass_clear)
+                .then_some(self.limits.max_clear_fraction),
         };
         let queue = &self.queue;
         match self.staging.merge(&request, || queue.is_closed()).await? {
@@ -298,6 +322,14 @@ impl Worker {
                 Err(SyncError::Invalid(violations))
             }
             MergeOutcome::Abandoned => Err(SyncError::Abandoned),
+            MergeOutcome::MassClear {
+                would_clear,
+                in_stock,
+            } => Err(SyncError::MassClear {
+                would_clear,
+                in_stock,
+                percent: (self.limits.max_clear_fraction * 100.0).round() as u32,
+            }),
         }
     }
 }

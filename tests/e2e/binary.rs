@@ -8,8 +8,15 @@ use sqlx::Connection;
 
 use crate::support::*;
 
-/// Starts `inventory-sync serve` in `dir` on a free port; returns the process and its address.
-fn serve_in(dir: &std::path::Path) -> (Child, String) {
+/// A started server process: its address, and the admin token it printed on a first start.
+struct Served {
+    child: Child,
+    endpoint: String,
+    first_admin_token: Option<String>,
+}
+
+/// Starts `inventory-sync serve` in `dir` on a free port.
+fn serve_in(dir: &std::path::Path) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
@@ -20,18 +27,64 @@ fn serve_in(dir: &std::path::Path) -> (Child, String) {
         .expect("start the binary");
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut lines = stderr.lines();
+    let mut first_admin_token = None;
     let address = loop {
         let line = lines
             .next()
             .expect("the server logs that it is serving")
             .unwrap();
+        if line.trim().starts_with("isk_") {
+            first_admin_token = Some(line.trim().to_owned());
+        }
         if let Some(rest) = line.split("listen=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{address}"))
+    Served {
+        child,
+        endpoint: format!("http://{address}"),
+        first_admin_token,
+    }
+}
+
+/// Runs `inventory-sync ARGS` to completion; returns (success, stdout).
+fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+/// A client that sends `token` with every call.
+async fn client_with_token(
+    endpoint: String,
+    token: String,
+) -> InventorySyncClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor,
+    >,
+> {
+    let channel = tonic::transport::Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    InventorySyncClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+        Ok(request)
+    })
 }
 
 /// Sends SIGTERM and waits for the process to exit, without blocking the runtime (which
@@ -50,15 +103,18 @@ async fn terminate(mut child: Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn serve_defaults_to_a_sqlite_file_in_wal_mode_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, endpoint) = serve_in(dir.path());
-    let mut client = InventorySyncClient::connect(endpoint).await.unwrap();
-    let response = sync(&mut client, header(3), vec![stocked("kept", 2)])
-        .await
-        .unwrap();
-    assert_eq!(response.created, 1);
+    let served = serve_in(dir.path());
+    let token = served
+        .first_admin_token
+        .clone()
+        .expect("a first start prints an admin token");
+    let mut client = client_with_token(served.endpoint.clone(), token.clone()).await;
+    let products = messages(header(3), vec![stocked("kept", 2)], 100);
+    let response = client.sync(tokio_stream::iter(products)).await.unwrap();
+    assert_eq!(response.into_inner().created, 1);
     drop(client);
 
-    let status = terminate(server).await;
+    let status = terminate(served.child).await;
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
 
     let file = dir.path().join("inventory-sync.db");
@@ -73,12 +129,73 @@ async fn serve_defaults_to_a_sqlite_file_in_wal_mode_and_stops_cleanly_on_sigter
     assert_eq!(mode, "wal");
     connection.close().await.unwrap();
 
-    // A restart on the same file serves what was committed.
-    let (server, endpoint) = serve_in(dir.path());
-    let mut client = InventorySyncClient::connect(endpoint).await.unwrap();
-    assert_eq!(get(&mut client, 3, "kept").await.unwrap().in_stock, Some(2));
+    // A restart on the same file serves what was committed, and prints no new token.
+    let served = serve_in(dir.path());
+    assert_eq!(
+        served.first_admin_token, None,
+        "the admin token is shown only once"
+    );
+    let mut client = client_with_token(served.endpoint.clone(), token).await;
+    let request = inventory_sync::pb::GetProductRequest {
+        store_id: 3,
+        key: Some(inventory_sync::pb::get_product_request::Key::ExternalId(
+            "kept".into(),
+        )),
+    };
+    let product = client.get_product(request).await.unwrap().into_inner();
+    assert_eq!(product.in_stock, Some(2));
     drop(client);
-    assert!(terminate(server).await.success());
+    assert!(terminate(served.child).await.success());
+}
+
+#[tokio::test]
+async fn tokens_are_created_listed_and_revoked_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, created) = run(
+        dir.path(),
+        &[
+            "tokens", "create", "--store", "5", "--store", "6", "--name", "pos-5",
+        ],
+    );
+    assert!(ok, "{created}");
+    let token = created.lines().last().unwrap().to_owned();
+    assert!(
+        token.starts_with("isk_"),
+        "the token is alone on the last line: {created}"
+    );
+
+    let (ok, listed) = run(dir.path(), &["tokens", "list"]);
+    assert!(ok);
+    assert!(
+        listed.contains("pos-5") && listed.contains("store") && listed.contains("5,6"),
+        "{listed}"
+    );
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(!listed.contains(secret), "a list never shows a token");
+
+    // The token works against a server on the same database, until it is revoked.
+    let served = serve_in(dir.path());
+    assert_eq!(
+        served.first_admin_token, None,
+        "a database with tokens gets no new admin token"
+    );
+    let mut client = client_with_token(served.endpoint.clone(), token.clone()).await;
+    let products = messages(header(5), vec![stocked("a", 1)], 100);
+    assert!(client.sync(tokio_stream::iter(products)).await.is_ok());
+
+    let id = token.split('_').nth(1).unwrap();
+    let (ok, _) = run(dir.path(), &["tokens", "revoke", id]);
+    assert!(ok);
+    let products = messages(header(5), vec![stocked("a", 1)], 100);
+    let status = client.sync(tokio_stream::iter(products)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let (_, listed) = run(dir.path(), &["tokens", "list"]);
+    assert!(listed.contains("revoked"), "{listed}");
+    drop(client);
+    assert!(terminate(served.child).await.success());
+
+    let (ok, _) = run(dir.path(), &["tokens", "create"]);
+    assert!(!ok, "a token needs a role");
 }
 
 #[test]

@@ -5,10 +5,13 @@
 mod support;
 
 mod atomicity;
+mod auth;
 mod barcode_sync;
 mod binary;
+mod guards;
 mod match_queue;
 mod reads;
 mod serving;
 mod sync_counts;
+mod tls;
 mod validation;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inventory_sync::activity::Activity;
+use inventory_sync::auth::Authenticator;
 use inventory_sync::pb;
 use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
 use inventory_sync::server::{self, AppState};
@@ -26,10 +27,32 @@ pub enum Backend {
 const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const TEST_DATABASE_PREFIX: &str = "inventory_sync_test_";
 
+/// How a test server is set up.
+pub struct Config {
+    pub limits: SyncLimits,
+    pub max_message_bytes: usize,
+    /// Check bearer tokens (off by default: most tests are about other things).
+    pub authenticated: bool,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: SyncLimits::default(),
+            max_message_bytes: 4 * 1024 * 1024,
+            authenticated: false,
+            tls: None,
+        }
+    }
+}
+
 /// A running server and the database it owns; both go away when it is dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub activity: Activity,
+    /// The server's database, for setting up what clients cannot (tokens).
+    pub database: Database,
     shutdown: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), server::ServeError>>>,
     _sqlite_dir: Option<tempfile::TempDir>,
@@ -44,6 +67,29 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, limits: SyncLimits) -> Option<TestServer> {
+        Self::start_configured(
+            backend,
+            Config {
+                limits,
+                ..Config::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts a server that authenticates every call.
+    pub async fn start_secured(backend: Backend) -> Option<TestServer> {
+        Self::start_configured(
+            backend,
+            Config {
+                authenticated: true,
+                ..Config::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_configured(backend: Backend, config: Config) -> Option<TestServer> {
         let (url, sqlite_dir, postgres_database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("create a temporary directory");
@@ -62,11 +108,18 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let activity = Activity::default();
+        let auth = if config.authenticated {
+            Authenticator::new(database.clone())
+        } else {
+            Authenticator::disabled()
+        };
         let state = AppState {
-            database,
+            database: database.clone(),
             activity: activity.clone(),
-            limits,
-            max_message_bytes: 4 * 1024 * 1024,
+            limits: config.limits,
+            max_message_bytes: config.max_message_bytes,
+            auth,
+            tls: config.tls,
         };
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = tokio::spawn(server::run(listener, state, async {
@@ -75,6 +128,7 @@ impl TestServer {
         Some(TestServer {
             addr,
             activity,
+            database,
             shutdown: Some(shutdown),
             serving: Some(serving),
             _sqlite_dir: sqlite_dir,
@@ -192,9 +246,10 @@ async fn drop_postgres_database(admin_url: &str, name: &str) {
     }
 }
 
-/// Generates each test twice: `sqlite::name` and `postgres::name`, each on a fresh server.
+/// Generates each test twice: `sqlite::name` and `postgres::name`, each on a fresh server
+/// (started by `TestServer::start`, or by the constructor named in `start = …;`).
 macro_rules! backend_tests {
-    ($(async fn $name:ident($server:ident) $body:block)*) => {
+    (start = $start:ident; $(async fn $name:ident($server:ident) $body:block)*) => {
         mod sqlite {
             #[allow(unused_imports)]
             use super::*;
@@ -203,7 +258,7 @@ macro_rules! backend_tests {
                 async fn $name() {
                     #[allow(unused_mut)]
                     let Some(mut $server) =
-                        $crate::support::TestServer::start($crate::support::Backend::Sqlite).await
+                        $crate::support::TestServer::$start($crate::support::Backend::Sqlite).await
                     else {
                         return;
                     };
@@ -219,7 +274,7 @@ macro_rules! backend_tests {
                 async fn $name() {
                     #[allow(unused_mut)]
                     let Some(mut $server) =
-                        $crate::support::TestServer::start($crate::support::Backend::Postgres).await
+                        $crate::support::TestServer::$start($crate::support::Backend::Postgres).await
                     else {
                         return;
                     };
@@ -227,6 +282,9 @@ macro_rules! backend_tests {
                 }
             )*
         }
+    };
+    ($(async fn $name:ident($server:ident) $body:block)*) => {
+        backend_tests! { start = start; $(async fn $name($server) $body)* }
     };
 }
 pub(crate) use backend_tests;

@@ -167,7 +167,6 @@ backend_tests! {
         let cases = [
             (pb::SyncHeader { idempotency_key: "k".into(), ..header(STORE) }, "idempotency_key"),
             (pb::SyncHeader { skip_invalid: true, ..header(STORE) }, "skip_invalid"),
-            (pb::SyncHeader { allow_mass_clear: true, ..header(STORE) }, "allow_mass_clear"),
         ];
         for (header, field) in cases {
             let status = sync(&mut client, header, vec![stocked("a", 1)]).await.unwrap_err();

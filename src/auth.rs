@@ -1,0 +1,305 @@
+//! Who may call what. Every call carries a bearer token (`authorization: Bearer <token>`);
+//! a **store** token acts only for the stores it was issued for, a **matcher** token works
+//! the matching queue and reads any store, an **admin** token may do everything.
+//!
+//! A token reads `isk_<id>_<secret>`: the id finds the stored row, and the secret (256
+//! random bits, hex) is checked against the stored SHA-256 hash in constant time. A plain
+//! hash is enough for random secrets of that size; nothing but the hash is ever stored.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{Database, NewToken, StoreError, TokenRecord};
+use crate::sync::now_micros;
+
+const TOKEN_PREFIX: &str = "isk_";
+const SECRET_BYTES: usize = 32;
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Sync and read the listed stores only.
+    Store(Vec<i64>),
+    /// Work the matching queue and read any store.
+    Matcher,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    fn name(&self) -> &'static str {
+        match self {
+            Role::Store(_) => "store",
+            Role::Matcher => "matcher",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The caller of one request, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name, for logs and history; "anonymous" when authentication is off.
+    pub name: String,
+    pub role: Role,
+}
+
+/// Why a call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "missing credentials: send the metadata \"authorization: Bearer <token>\" \
+         (inventory-sync tokens create makes a token)"
+    )]
+    Missing,
+    #[error("the token is not valid (malformed, unknown or revoked)")]
+    Invalid,
+    #[error("the token {token:?} may not act for store {store_id}")]
+    StoreDenied { token: String, store_id: i64 },
+    #[error("the token {token:?} may not {action}; it takes a {needed} token")]
+    RoleDenied {
+        token: String,
+        action: &'static str,
+        needed: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Principal {
+    /// The caller when authentication is turned off.
+    pub fn anonymous_admin() -> Self {
+        Principal {
+            name: "anonymous".to_owned(),
+            role: Role::Admin,
+        }
+    }
+
+    /// Syncing a store: its own store token, or an admin.
+    pub fn may_write_store(&self, store_id: i64) -> Result<(), AuthError> {
+        match &self.role {
+            Role::Admin => Ok(()),
+            Role::Store(stores) if stores.contains(&store_id) => Ok(()),
+            Role::Store(_) => Err(self.store_denied(store_id)),
+            Role::Matcher => Err(AuthError::RoleDenied {
+                token: self.name.clone(),
+                action: "sync a store",
+                needed: "store or admin",
+            }),
+        }
+    }
+
+    /// Reading a store: its own store token, a matcher or an admin.
+    pub fn may_read_store(&self, store_id: i64) -> Result<(), AuthError> {
+        match &self.role {
+            Role::Admin | Role::Matcher => Ok(()),
+            Role::Store(stores) if stores.contains(&store_id) => Ok(()),
+            Role::Store(_) => Err(self.store_denied(store_id)),
+        }
+    }
+
+    /// Working the matching queue: a matcher or an admin.
+    pub fn may_match(&self) -> Result<(), AuthError> {
+        match &self.role {
+            Role::Admin | Role::Matcher => Ok(()),
+            Role::Store(_) => Err(AuthError::RoleDenied {
+                token: self.name.clone(),
+                action: "use the matching queue",
+                needed: "matcher or admin",
+            }),
+        }
+    }
+
+    fn store_denied(&self, store_id: i64) -> AuthError {
+        AuthError::StoreDenied {
+            token: self.name.clone(),
+            store_id,
+        }
+    }
+}
+
+/// A freshly created token: shown once, then only its hash exists.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub id: i64,
+    secret: String,
+}
+
+impl fmt::Display for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TOKEN_PREFIX}{}_{}", self.id, self.secret)
+    }
+}
+
+impl fmt::Debug for IssuedToken {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IssuedToken {{ id: {}, .. }}", self.id)
+    }
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// `isk_<id>_<secret>` → (id, secret).
+fn parse_token(token: &str) -> Option<(i64, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let id = id.parse().ok()?;
+    (secret.len() == SECRET_BYTES * 2).then_some((id, secret))
+}
+
+/// Creates a token and returns it; only its hash is stored.
+pub async fn create_token(
+    database: &Database,
+    name: &str,
+    role: &Role,
+) -> Result<IssuedToken, StoreError> {
+    let secret = hex::encode(rand::random::<[u8; SECRET_BYTES]>());
+    let stores = match role {
+        Role::Store(stores) => stores.as_slice(),
+        Role::Matcher | Role::Admin => &[],
+    };
+    let id = database
+        .insert_token(&NewToken {
+            name,
+            role: role.name(),
+            secret_hash: &hash_secret(&secret),
+            stores,
+            created_at: now_micros(),
+        })
+        .await?;
+    Ok(IssuedToken { id, secret })
+}
+
+/// Revokes a token; `false` if there is no such active token.
+pub async fn revoke_token(database: &Database, id: i64) -> Result<bool, StoreError> {
+    database.revoke_token(id, now_micros()).await
+}
+
+/// A stored token with its stores, as `tokens list` shows it.
+#[derive(Debug, Clone)]
+pub struct TokenSummary {
+    pub record: TokenRecord,
+    pub stores: Vec<i64>,
+}
+
+/// Every token, oldest first.
+pub async fn list_tokens(database: &Database) -> Result<Vec<TokenSummary>, StoreError> {
+    let mut summaries = Vec::new();
+    for record in database.tokens().await? {
+        let stores = database.token_stores(record.id).await?;
+        summaries.push(TokenSummary { record, stores });
+    }
+    Ok(summaries)
+}
+
+/// Checks the bearer tokens of calls, or lets every call through when turned off.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    /// `None` when authentication is off.
+    database: Option<Database>,
+}
+
+impl Authenticator {
+    pub fn new(database: Database) -> Self {
+        Authenticator {
+            database: Some(database),
+        }
+    }
+
+    /// Every call is an anonymous admin. For development only.
+    pub fn disabled() -> Self {
+        Authenticator { database: None }
+    }
+
+    /// The caller of a request with this `authorization` metadata value.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let Some(database) = &self.database else {
+            return Ok(Principal::anonymous_admin());
+        };
+        let authorization = authorization.ok_or(AuthError::Missing)?;
+        let token = authorization
+            .strip_prefix("Bearer ")
+            .or_else(|| authorization.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?
+            .trim();
+        let (id, secret) = parse_token(token).ok_or(AuthError::Invalid)?;
+        let record = database.token(id).await?.ok_or(AuthError::Invalid)?;
+        let presented = hash_secret(secret);
+        let matches: bool = presented
+            .as_bytes()
+            .ct_eq(record.secret_hash.as_bytes())
+            .into();
+        if !matches || record.revoked_at.is_some() {
+            return Err(AuthError::Invalid);
+        }
+        let role = match record.role.as_str() {
+            "admin" => Role::Admin,
+            "matcher" => Role::Matcher,
+            _ => Role::Store(database.token_stores(id).await?),
+        };
+        database.touch_token(id, now_micros()).await?;
+        Ok(Principal {
+            name: record.name,
+            role,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_back_into_id_and_secret() {
+        let token = IssuedToken {
+            id: 42,
+            secret: "ab".repeat(SECRET_BYTES),
+        };
+        let text = token.to_string();
+        assert_eq!(
+            parse_token(&text),
+            Some((42, "ab".repeat(SECRET_BYTES).as_str()))
+        );
+        assert!(
+            !format!("{token:?}").contains("abab"),
+            "Debug never shows the secret"
+        );
+        for bad in [
+            "",
+            "isk_",
+            "isk_42",
+            "isk_x_abab",
+            "tok_42_abab",
+            "isk_42_short",
+        ] {
+            assert_eq!(parse_token(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn store_tokens_are_confined_to_their_stores() {
+        let store = Principal {
+            name: "pos".into(),
+            role: Role::Store(vec![7]),
+        };
+        assert!(store.may_write_store(7).is_ok());
+        assert!(matches!(
+            store.may_write_store(8),
+            Err(AuthError::StoreDenied { store_id: 8, .. })
+        ));
+        assert!(store.may_read_store(8).is_err());
+        assert!(store.may_match().is_err());
+        let matcher = Principal {
+            name: "team".into(),
+            role: Role::Matcher,
+        };
+        assert!(matcher.may_read_store(8).is_ok());
+        assert!(matcher.may_write_store(8).is_err());
+        assert!(matcher.may_match().is_ok());
+    }
+}

@@ -1,0 +1,239 @@
+//! Limits and guards: what a careless or hostile client cannot do to a store or the server.
+
+use std::time::Duration;
+
+use inventory_sync::pb;
+use inventory_sync::sync::{FieldLimits, SyncLimits};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::*;
+
+const STORE: i64 = 300;
+
+fn stocked_products(prefix: &str, count: usize) -> Vec<pb::ProductUpdate> {
+    (0..count)
+        .map(|n| stocked(&format!("{prefix}{n}"), 1))
+        .collect()
+}
+
+fn limited(limits: SyncLimits) -> Config {
+    Config {
+        limits,
+        ..Config::default()
+    }
+}
+
+backend_tests! {
+    async fn a_clear_of_most_of_a_store_is_refused_unless_allowed(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), stocked_products("p", 20)).await.unwrap();
+        let before = list(&mut client, STORE).await;
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+
+        // Listing 5 of 20 would clear 15: more than half, and more than 10.
+        let status = sync(&mut client, clear.clone(), stocked_products("p", 5)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("15") && status.message().contains("20"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+
+        // An empty clearing sync, the classic accident.
+        let status = sync(&mut client, clear.clone(), vec![]).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        // A dry run gives the same answer.
+        let dry = pb::SyncHeader { dry_run: true, ..clear.clone() };
+        let status = sync(&mut client, dry, vec![]).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(list(&mut client, STORE).await, before);
+
+        // Half is allowed; so is anything with allow_mass_clear.
+        let half = sync(&mut client, clear.clone(), stocked_products("p", 10)).await.unwrap();
+        assert_eq!(half.cleared, 10);
+        let allowed = pb::SyncHeader { allow_mass_clear: true, ..clear };
+        let all = sync(&mut client, allowed, vec![]).await.unwrap();
+        assert_eq!(all.cleared, 10);
+    }
+
+    async fn a_small_store_may_be_cleared_whole(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), stocked_products("p", 10)).await.unwrap();
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        let response = sync(&mut client, clear, vec![]).await.unwrap();
+        assert_eq!(response.cleared, 10, "10 products or fewer never trip the guard");
+    }
+
+    async fn the_server_answers_health_checks_and_small_syncs_while_a_big_sync_streams(server) {
+        let mut client = server.client().await;
+        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(2);
+        let mut big_client = client.clone();
+        let big = tokio::spawn(async move { big_client.sync(ReceiverStream::new(stream)).await });
+        messages.send(pb::SyncRequest { header: Some(header(STORE)), products: vec![] }).await.unwrap();
+        for batch in 0..20 {
+            let products = stocked_products(&format!("b{batch}-"), 1000);
+            messages.send(pb::SyncRequest { header: None, products }).await.unwrap();
+        }
+        server.activity.wait_until(|now| now.products_in_flight >= 20_000).await;
+
+        let mut health = HealthClient::new(server.channel().await);
+        let check = health.check(HealthCheckRequest { service: String::new() }).await;
+        assert!(check.is_ok());
+        let small = sync(&mut client, header(STORE + 1), vec![stocked("s", 1)]).await.unwrap();
+        assert_eq!(small.created, 1);
+
+        drop(messages);
+        let response = big.await.unwrap().unwrap().into_inner();
+        assert_eq!(response.created, 20_000);
+    }
+}
+
+mod limits {
+    use super::*;
+
+    async fn each_backend(config: impl Fn() -> Config, test: impl AsyncFn(TestServer)) {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            if let Some(server) = TestServer::start_configured(backend, config()).await {
+                test(server).await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_client_is_dropped_and_its_sync_rolled_back() {
+        let config = || {
+            limited(SyncLimits {
+                idle_timeout: Duration::from_millis(300),
+                ..SyncLimits::default()
+            })
+        };
+        each_backend(config, async |server| {
+            let mut client = server.client().await;
+            let (messages, stream) = mpsc::channel::<pb::SyncRequest>(2);
+            messages
+                .send(pb::SyncRequest {
+                    header: Some(header(STORE)),
+                    products: vec![stocked("a", 1)],
+                })
+                .await
+                .unwrap();
+            // The client keeps the stream open and says nothing more.
+            let status = client.sync(ReceiverStream::new(stream)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+            drop(messages);
+            server
+                .activity
+                .wait_until(|now| now.syncs_in_flight == 0)
+                .await;
+            assert!(list(&mut client, STORE).await.is_empty());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn syncs_beyond_the_concurrency_limit_wait_a_bounded_time_then_are_refused() {
+        let config = || {
+            limited(SyncLimits {
+                max_concurrent_syncs: 1,
+                queue_timeout: Duration::from_millis(200),
+                ..SyncLimits::default()
+            })
+        };
+        each_backend(config, async |server| {
+            let mut client = server.client().await;
+            let (messages, stream) = mpsc::channel::<pb::SyncRequest>(2);
+            let mut first_client = client.clone();
+            let first =
+                tokio::spawn(async move { first_client.sync(ReceiverStream::new(stream)).await });
+            messages
+                .send(pb::SyncRequest {
+                    header: Some(header(STORE)),
+                    products: vec![stocked("a", 1)],
+                })
+                .await
+                .unwrap();
+            server
+                .activity
+                .wait_until(|now| now.syncs_in_flight == 1)
+                .await;
+
+            let status = sync(&mut client, header(STORE + 1), vec![stocked("b", 1)])
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+            assert!(
+                status.message().contains("limit of 1"),
+                "{}",
+                status.message()
+            );
+
+            drop(messages);
+            assert_eq!(first.await.unwrap().unwrap().into_inner().created, 1);
+            // With the first done, the next sync gets its turn.
+            assert_eq!(
+                sync(&mut client, header(STORE + 1), vec![stocked("b", 1)])
+                    .await
+                    .unwrap()
+                    .created,
+                1
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_over_the_size_limit_fails_the_sync_and_commits_nothing() {
+        let config = || Config {
+            max_message_bytes: 16 * 1024,
+            ..Config::default()
+        };
+        each_backend(config, async |server| {
+            let mut client = server.client().await;
+            let mut stream = messages(header(STORE), stocked_products("p", 100), 100);
+            stream.push(pb::SyncRequest {
+                header: None,
+                products: stocked_products("q", 2000),
+            });
+            let status = send(&mut client, stream).await.unwrap_err();
+            assert_ne!(status.code(), tonic::Code::Ok);
+            server
+                .activity
+                .wait_until(|now| now.syncs_in_flight == 0)
+                .await;
+            assert!(list(&mut client, STORE).await.is_empty());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn field_limits_follow_the_servers_configuration() {
+        let config = || {
+            limited(SyncLimits {
+                fields: FieldLimits {
+                    max_barcodes: 2,
+                    max_name_chars: 5,
+                    ..FieldLimits::default()
+                },
+                ..SyncLimits::default()
+            })
+        };
+        each_backend(config, async |server| {
+            let mut client = server.client().await;
+            let products = vec![
+                coded("a", &["1", "2", "3"], 1),
+                pb::ProductUpdate {
+                    name: Some("sixsix".into()),
+                    ..item("b")
+                },
+            ];
+            let status = sync(&mut client, header(STORE), products)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                violated_fields(&status),
+                ["products[0].barcodes", "products[1].name"]
+            );
+        })
+        .await;
+    }
+}
