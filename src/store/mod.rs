@@ -365,6 +365,14 @@ impl Staging {
         }
     }
 
+    /// Skips (skip_invalid) the products that conflict within the batch; returns them.
+    pub async fn skip_batch_conflicts(&mut self) -> Result<Vec<BatchConflict>, StoreError> {
+        match self {
+            Staging::Sqlite(staging) => staging.skip_batch_conflicts().await,
+            Staging::Postgres(staging) => staging.skip_batch_conflicts().await,
+        }
+    }
+
     /// Merges the staged products into the live tables in one transaction. `abandoned` is
     /// asked just before the commit; if it says so, everything is rolled back.
     pub async fn merge(

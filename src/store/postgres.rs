@@ -48,6 +48,7 @@ impl Staging {
             rows.float(change.abv);
             rows.float(change.proof);
             rows.int(change.category.map(|category| i64::from(category.code())));
+            rows.boolean(product.skipped);
             rows.end_row();
             for barcode in change
                 .barcodes
@@ -159,6 +160,11 @@ impl CopyText {
             Some(value) => write!(self.buffer, "{value}").expect("writing to a String cannot fail"),
             None => self.buffer.push_str("\\N"),
         }
+    }
+
+    fn boolean(&mut self, value: bool) {
+        self.separate();
+        self.buffer.push(if value { 't' } else { 'f' });
     }
 
     fn end_row(&mut self) {

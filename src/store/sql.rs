@@ -58,7 +58,8 @@ impl Dialect {
                  SET product_id = (SELECT COALESCE(MAX(id), 0) FROM products) + numbered.n,
                      created = TRUE
                  FROM (SELECT idx, ROW_NUMBER() OVER (ORDER BY idx) AS n
-                       FROM staged_products WHERE product_id IS NULL) AS numbered
+                       FROM staged_products
+                       WHERE product_id IS NULL AND NOT skipped) AS numbered
                  WHERE staged_products.idx = numbered.idx"
             }
             // Ids come from the table's own sequence, so concurrent syncs of other stores
@@ -68,7 +69,8 @@ impl Dialect {
                  SET product_id = drawn.id, created = TRUE
                  FROM (SELECT idx, nextval(pg_get_serial_sequence('products', 'id')) AS id
                        FROM (SELECT idx FROM staged_products
-                             WHERE product_id IS NULL ORDER BY idx) AS ordered) AS drawn
+                             WHERE product_id IS NULL AND NOT skipped
+                             ORDER BY idx) AS ordered) AS drawn
                  WHERE staged_products.idx = drawn.idx"
             }
         }
@@ -97,7 +99,7 @@ pub(super) const DROP_STAGING: &str = "
     DROP TABLE IF EXISTS staged_barcodes;
 ";
 
-pub(super) const STAGED_PRODUCT_COLUMNS: &str = "staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category)";
+pub(super) const STAGED_PRODUCT_COLUMNS: &str = "staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped)";
 
 pub(super) const STAGED_BARCODE_COLUMNS: &str = "staged_barcodes (idx, barcode)";
 
@@ -108,7 +110,8 @@ pub(super) const DUPLICATE_EXTERNAL_IDS: &str = "
     SELECT s.idx, s.external_id,
            (SELECT MIN(f.idx) FROM staged_products f WHERE f.external_id = s.external_id) AS first_idx
     FROM staged_products s
-    WHERE EXISTS (SELECT 1 FROM staged_products d WHERE d.external_id = s.external_id AND d.idx < s.idx)
+    WHERE NOT s.skipped
+      AND EXISTS (SELECT 1 FROM staged_products d WHERE d.external_id = s.external_id AND d.idx < s.idx)
     ORDER BY s.idx
     LIMIT $1";
 
@@ -117,11 +120,19 @@ pub(super) const BARCODES_SHARED_IN_BATCH: &str = "
     SELECT b.idx, b.barcode,
            (SELECT MIN(f.idx) FROM staged_barcodes f WHERE f.barcode = b.barcode) AS first_idx
     FROM staged_barcodes b
-    WHERE EXISTS (SELECT 1 FROM staged_barcodes d WHERE d.barcode = b.barcode AND d.idx < b.idx)
+    JOIN staged_products s ON s.idx = b.idx
+    WHERE NOT s.skipped
+      AND EXISTS (SELECT 1 FROM staged_barcodes d WHERE d.barcode = b.barcode AND d.idx < b.idx)
     ORDER BY b.idx, b.barcode
     LIMIT $1";
 
 // ---- the merge ----
+
+/// Rejects a staged product (skip_invalid): it writes nothing, and neither do its barcodes.
+/// `$1` = its position.
+pub(super) const SKIP_STAGED_PRODUCT: &str =
+    "UPDATE staged_products SET skipped = TRUE, barcodes = NULL WHERE idx = $1";
+pub(super) const DROP_SKIPPED_BARCODES: &str = "DELETE FROM staged_barcodes WHERE idx = $1";
 
 /// Registers the store; the merge's first write, which also serializes syncs of one store.
 pub(super) const ENSURE_STORE: &str =
@@ -155,7 +166,8 @@ pub(super) const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
     JOIN staged_products s ON s.idx = b.idx
     JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
     JOIN products p ON p.id = pb.product_id
-    WHERE (s.product_id IS NULL OR pb.product_id <> s.product_id)
+    WHERE NOT s.skipped
+      AND (s.product_id IS NULL OR pb.product_id <> s.product_id)
       AND NOT EXISTS (
           SELECT 1 FROM staged_products o
           WHERE o.product_id = pb.product_id AND o.barcodes IS NOT NULL)
@@ -167,7 +179,9 @@ pub(super) const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
 pub(super) const BARCODES_OF_SEVERAL_PRODUCTS: &str = "
     SELECT b.idx, COUNT(DISTINCT pb.product_id)
     FROM staged_barcodes b
+    JOIN staged_products s ON s.idx = b.idx
     JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
+    WHERE NOT s.skipped
     GROUP BY b.idx
     HAVING COUNT(DISTINCT pb.product_id) > 1
     ORDER BY b.idx
@@ -183,7 +197,7 @@ pub(super) const SAME_STORED_PRODUCT_TWICE: &str = "
           WHERE product_id IS NOT NULL
           GROUP BY product_id
           HAVING COUNT(*) > 1) AS twice ON twice.product_id = s.product_id
-    WHERE s.idx > twice.first_idx
+    WHERE s.idx > twice.first_idx AND NOT s.skipped
     ORDER BY s.idx
     LIMIT $1";
 
@@ -193,7 +207,7 @@ pub(super) const EXTERNAL_ID_MISMATCHES: &str = "
     SELECT s.idx, s.external_id, p.external_id
     FROM staged_products s
     JOIN products p ON p.id = s.product_id
-    WHERE s.external_id IS NOT NULL AND p.external_id IS NOT NULL
+    WHERE NOT s.skipped AND s.external_id IS NOT NULL AND p.external_id IS NOT NULL
       AND p.external_id <> s.external_id
     ORDER BY s.idx
     LIMIT $1";
@@ -204,7 +218,7 @@ pub(super) const EXTERNAL_IDS_OF_OTHER_PRODUCTS: &str = "
     SELECT s.idx, s.external_id
     FROM staged_products s
     JOIN products p ON p.store_id = $1 AND p.external_id = s.external_id
-    WHERE s.product_id IS NULL OR p.id <> s.product_id
+    WHERE NOT s.skipped AND (s.product_id IS NULL OR p.id <> s.product_id)
     ORDER BY s.idx
     LIMIT $2";
 
@@ -213,7 +227,7 @@ pub(super) const COUNT_LINKS: &str = "
     SELECT COUNT(*)
     FROM staged_products s
     JOIN products p ON p.id = s.product_id
-    WHERE p.external_id IS NULL AND s.external_id IS NOT NULL";
+    WHERE NOT s.skipped AND p.external_id IS NULL AND s.external_id IS NOT NULL";
 
 /// Barcodes of matched products whose barcode set changes. Runs before the products are
 /// updated, while `p.barcodes` still holds the old set.
@@ -301,7 +315,10 @@ impl Statements {
                      category    INTEGER,
                      -- Resolved in the merge: the live product this one is or becomes.
                      product_id  BIGINT,
-                     created     BOOLEAN NOT NULL DEFAULT FALSE
+                     created     BOOLEAN NOT NULL DEFAULT FALSE,
+                     -- Rejected (skip_invalid): it writes nothing, but its key counts as
+                     -- listed, so a clear never zeroes a product for a bad copy of it.
+                     skipped     BOOLEAN NOT NULL DEFAULT FALSE
                  );
                  CREATE INDEX staged_products_external_id ON staged_products (external_id);
                  CREATE TEMPORARY TABLE staged_barcodes (
@@ -356,7 +373,7 @@ impl Statements {
                     category  = COALESCE(s.category, products.category),
                     updated_at = $2
                  FROM staged_products s
-                 WHERE products.store_id = $1 AND products.id = s.product_id
+                 WHERE products.store_id = $1 AND products.id = s.product_id AND NOT s.skipped
                    AND (   (s.external_id IS NOT NULL AND products.external_id IS NULL)
                         OR (s.barcodes  IS NOT NULL AND s.barcodes  IS DISTINCT FROM products.barcodes)
                         OR (s.in_stock  IS NOT NULL AND s.in_stock  IS DISTINCT FROM products.in_stock)

@@ -65,7 +65,8 @@ impl Staging {
                     .push_bind(change.unit_size.clone())
                     .push_bind(change.abv)
                     .push_bind(change.proof)
-                    .push_bind(change.category.map(|category| category.code()));
+                    .push_bind(change.category.map(|category| category.code()))
+                    .push_bind(product.skipped);
             });
             insert.build().execute(&mut *tx).await?;
         }

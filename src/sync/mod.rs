@@ -63,6 +63,7 @@ pub struct SyncOptions {
     pub clear: bool,
     pub dry_run: bool,
     pub allow_mass_clear: bool,
+    pub skip_invalid: bool,
     pub expected_count: Option<u64>,
 }
 
@@ -89,10 +90,7 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
                 ))));
             }
         };
-        let unimplemented = [
-            (!header.idempotency_key.is_empty(), "header.idempotency_key"),
-            (header.skip_invalid, "header.skip_invalid"),
-        ];
+        let unimplemented = [(!header.idempotency_key.is_empty(), "header.idempotency_key")];
         if let Some((_, field)) = unimplemented.into_iter().find(|(set, _)| *set) {
             return Err(SyncError::Unimplemented { field });
         }
@@ -102,6 +100,7 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
             clear: header.clear,
             dry_run: header.dry_run,
             allow_mass_clear: header.allow_mass_clear,
+            skip_invalid: header.skip_invalid,
             expected_count: header.expected_count,
         })
     }
@@ -112,10 +111,12 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
 pub struct StagedProduct {
     pub index: u64,
     pub change: ProductChange,
+    /// Rejected with skip_invalid: only its key is staged, so that it counts as listed.
+    pub skipped: bool,
 }
 
-/// What a sync did. `created + updated + unchanged == received`; `linked` products are
-/// among the `updated` ones.
+/// What a sync did. `created + updated + unchanged + rejected == received`; `linked`
+/// products are among the `updated` ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncCounts {
     pub received: u64,
@@ -124,13 +125,31 @@ pub struct SyncCounts {
     pub unchanged: u64,
     pub cleared: u64,
     pub linked: u64,
+    /// Products skipped by `skip_invalid`.
+    pub rejected: u64,
 }
+
+/// A product skipped by `skip_invalid`, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: u64,
+    pub external_id: String,
+    /// The first offending field, relative to the product (`price`).
+    pub field: String,
+    /// Every problem of the product, in words.
+    pub reason: String,
+}
+
+/// Most rejections listed in an answer; all are counted.
+pub const MAX_LISTED_REJECTIONS: usize = 1_000;
 
 /// The answer to a completed sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSummary {
     pub sync_id: String,
     pub counts: SyncCounts,
+    /// The first [`MAX_LISTED_REJECTIONS`] rejections, in stream order.
+    pub rejected: Vec<Rejection>,
     /// Nothing was committed.
     pub dry_run: bool,
 }

@@ -268,6 +268,43 @@ impl ProductChange {
     }
 }
 
+impl ProductChange {
+    /// The key of a product that failed validation, if it is readable: a product skipped by
+    /// `skip_invalid` still counts as listed, so a clear never zeroes it for a bad copy.
+    pub fn key_only(
+        external_id: String,
+        barcodes: Vec<String>,
+        key: SyncKey,
+        limits: &FieldLimits,
+    ) -> Option<Self> {
+        let (external_id, barcodes) = match key {
+            SyncKey::ExternalId => {
+                check_external_id(&external_id).ok()?;
+                (Some(external_id), None)
+            }
+            SyncKey::Barcode => {
+                let mut errors = Vec::new();
+                let barcodes = validate_barcodes(barcodes, limits, &mut errors)?;
+                if !errors.is_empty() {
+                    return None;
+                }
+                (None, Some(barcodes))
+            }
+        };
+        Some(ProductChange {
+            external_id,
+            barcodes,
+            in_stock: None,
+            price: None,
+            name: None,
+            unit_size: None,
+            abv: None,
+            proof: None,
+            category: None,
+        })
+    }
+}
+
 fn collect(errors: &mut Vec<FieldError>, result: Result<(), FieldError>) {
     if let Err(error) = result {
         errors.push(error);

@@ -16,12 +16,12 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, Span, info, warn};
 
 use super::{
-    ProductChange, StagedProduct, SyncCounts, SyncError, SyncLimits, SyncOptions, SyncSummary,
-    Violation, Violations,
+    FieldError, MAX_LISTED_REJECTIONS, ProductChange, Rejection, StagedProduct, SyncCounts,
+    SyncError, SyncLimits, SyncOptions, SyncSummary, Violation, Violations,
 };
 use crate::activity::Activity;
 use crate::pb;
-use crate::store::{Database, MergeOutcome, MergeRequest, Staging};
+use crate::store::{BatchConflict, Database, MergeOutcome, MergeRequest, Staging};
 
 /// Batches waiting between the handler and the worker; bounds memory per sync.
 const STAGING_QUEUE_DEPTH: usize = 4;
@@ -95,6 +95,7 @@ impl SyncEngine {
             span,
             received: 0,
             violations: Violations::with_cap(self.limits.max_violations),
+            rejections: Rejections::default(),
             commands,
             worker,
         })
@@ -112,7 +113,71 @@ enum Command {
     Finish {
         received: u64,
         violations: Violations,
+        rejections: Rejections,
     },
+}
+
+/// Products skipped by `skip_invalid`: the first [`MAX_LISTED_REJECTIONS`] kept, all counted.
+#[derive(Debug, Default)]
+struct Rejections {
+    kept: Vec<Rejection>,
+    total: u64,
+}
+
+impl Rejections {
+    fn push(&mut self, rejection: Rejection) {
+        self.total += 1;
+        if self.kept.len() < MAX_LISTED_REJECTIONS {
+            self.kept.push(rejection);
+        }
+    }
+
+    /// A product skipped because its fields are invalid.
+    fn invalid_fields(&mut self, index: u64, external_id: String, errors: Vec<FieldError>) {
+        let field = errors
+            .first()
+            .map(|error| error.field.clone())
+            .unwrap_or_default();
+        let reason = errors
+            .into_iter()
+            .map(|error| error.description)
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.push(Rejection {
+            index,
+            external_id,
+            field,
+            reason,
+        });
+    }
+
+    /// A product skipped because it conflicts with another product.
+    fn conflict(&mut self, conflict: BatchConflict) {
+        let external_id = match &conflict {
+            BatchConflict::DuplicateExternalId { external_id, .. }
+            | BatchConflict::ExternalIdOfAnotherProduct { external_id, .. } => external_id.clone(),
+            BatchConflict::ExternalIdMismatch { sent, .. } => sent.clone(),
+            _ => String::new(),
+        };
+        let violation = Violation::from(conflict);
+        let field = violation
+            .field
+            .split_once('.')
+            .map(|(_, field)| field.to_owned())
+            .unwrap_or_default();
+        self.push(Rejection {
+            index: violation.index.unwrap_or_default(),
+            external_id,
+            field,
+            reason: violation.description,
+        });
+    }
+}
+
+/// What the worker reports of a completed merge.
+struct Merged {
+    counts: SyncCounts,
+    rejections: Rejections,
 }
 
 /// The handler's side of one sync.
@@ -123,8 +188,9 @@ pub struct SyncSession {
     span: Span,
     received: u64,
     violations: Violations,
+    rejections: Rejections,
     commands: mpsc::Sender<Command>,
-    worker: JoinHandle<Result<SyncCounts, SyncError>>,
+    worker: JoinHandle<Result<Merged, SyncError>>,
 }
 
 impl SyncSession {
@@ -146,16 +212,40 @@ impl SyncSession {
                 limit: self.limits.max_products,
             });
         }
+        let (key, fields) = (self.options.key, &self.limits.fields);
         let mut valid = Vec::with_capacity(products.len());
         for (offset, update) in products.into_iter().enumerate() {
             let index = self.received + offset as u64;
-            match ProductChange::from_wire(update, self.options.key, &self.limits.fields) {
-                Ok(change) => valid.push(StagedProduct { index, change }),
-                Err(errors) => {
-                    for error in errors {
-                        self.violations.push(Violation::in_product(index, error));
+            // A skipped product's key still counts as listed; keep it to stage that.
+            let key_fields = self
+                .options
+                .skip_invalid
+                .then(|| (update.external_id.clone(), update.barcodes.clone()));
+            match ProductChange::from_wire(update, key, fields) {
+                Ok(change) => valid.push(StagedProduct {
+                    index,
+                    change,
+                    skipped: false,
+                }),
+                Err(errors) => match key_fields {
+                    Some((external_id, barcodes)) => {
+                        let key_only =
+                            ProductChange::key_only(external_id.clone(), barcodes, key, fields);
+                        if let Some(change) = key_only {
+                            valid.push(StagedProduct {
+                                index,
+                                change,
+                                skipped: true,
+                            });
+                        }
+                        self.rejections.invalid_fields(index, external_id, errors);
                     }
-                }
+                    None => {
+                        for error in errors {
+                            self.violations.push(Violation::in_product(index, error));
+                        }
+                    }
+                },
             }
         }
         self.received += count;
@@ -186,16 +276,20 @@ impl SyncSession {
         let command = Command::Finish {
             received: self.received,
             violations: std::mem::replace(&mut self.violations, Violations::with_cap(0)),
+            rejections: std::mem::take(&mut self.rejections),
         };
         if self.commands.send(command).await.is_err() {
             return Err(self.worker_error().await);
         }
         // Keep `commands` open until the worker is done: if this future is dropped, the
         // closed queue tells the worker that nobody waits for the result any more.
-        let counts = join(&mut self.worker).await?;
+        let Merged { counts, rejections } = join(&mut self.worker).await?;
+        let mut rejected = rejections.kept;
+        rejected.sort_by_key(|rejection| rejection.index);
         Ok(SyncSummary {
             sync_id: self.sync_id.clone(),
             counts,
+            rejected,
             dry_run: self.options.dry_run,
         })
     }
@@ -208,9 +302,7 @@ impl SyncSession {
     }
 }
 
-async fn join(
-    worker: &mut JoinHandle<Result<SyncCounts, SyncError>>,
-) -> Result<SyncCounts, SyncError> {
+async fn join(worker: &mut JoinHandle<Result<Merged, SyncError>>) -> Result<Merged, SyncError> {
     worker
         .await
         .map_err(|error| SyncError::Worker(error.to_string()))?
@@ -228,16 +320,17 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self) -> Result<SyncCounts, SyncError> {
+    async fn run(mut self) -> Result<Merged, SyncError> {
         let result = self.stage_and_merge().await;
         match &result {
-            Ok(counts) => info!(
+            Ok(Merged { counts, .. }) => info!(
                 received = counts.received,
                 created = counts.created,
                 updated = counts.updated,
                 unchanged = counts.unchanged,
                 cleared = counts.cleared,
                 linked = counts.linked,
+                rejected = counts.rejected,
                 dry_run = self.options.dry_run,
                 "sync {}",
                 if self.options.dry_run {
@@ -256,7 +349,7 @@ impl Worker {
         result
     }
 
-    async fn stage_and_merge(&mut self) -> Result<SyncCounts, SyncError> {
+    async fn stage_and_merge(&mut self) -> Result<Merged, SyncError> {
         loop {
             match self.queue.recv().await {
                 Some(Command::Stage { products, received }) => {
@@ -268,7 +361,8 @@ impl Worker {
                 Some(Command::Finish {
                     received,
                     violations,
-                }) => return self.merge(received, violations).await,
+                    rejections,
+                }) => return self.merge(received, violations, rejections).await,
                 None => return Err(SyncError::Abandoned),
             }
         }
@@ -278,13 +372,18 @@ impl Worker {
         &mut self,
         received: u64,
         mut violations: Violations,
-    ) -> Result<SyncCounts, SyncError> {
+        mut rejections: Rejections,
+    ) -> Result<Merged, SyncError> {
         if let Some(expected) = self.options.expected_count
             && expected != received
         {
             return Err(SyncError::CountMismatch { expected, received });
         }
-        if violations.room() > 0 {
+        if self.options.skip_invalid {
+            for conflict in self.staging.skip_batch_conflicts().await? {
+                rejections.conflict(conflict);
+            }
+        } else if violations.room() > 0 {
             for conflict in self.staging.batch_conflicts(violations.room()).await? {
                 violations.push(conflict.into());
             }
@@ -301,19 +400,30 @@ impl Worker {
             dry_run: self.options.dry_run,
             now: now_micros(),
             max_conflicts: self.limits.max_violations,
+            skip_invalid: self.options.skip_invalid,
             max_clear_fraction: (!self.options.allow_mass_clear)
                 .then_some(self.limits.max_clear_fraction),
         };
         let queue = &self.queue;
         match self.staging.merge(&request, || queue.is_closed()).await? {
-            MergeOutcome::Applied(merged) => Ok(SyncCounts {
-                received,
-                created: merged.created,
-                updated: merged.updated,
-                unchanged: received - merged.created - merged.updated,
-                cleared: merged.cleared,
-                linked: merged.linked,
-            }),
+            MergeOutcome::Applied { counts, skipped } => {
+                for conflict in skipped {
+                    rejections.conflict(conflict);
+                }
+                let written = counts.created + counts.updated + rejections.total;
+                Ok(Merged {
+                    counts: SyncCounts {
+                        received,
+                        created: counts.created,
+                        updated: counts.updated,
+                        unchanged: received - written,
+                        cleared: counts.cleared,
+                        linked: counts.linked,
+                        rejected: rejections.total,
+                    },
+                    rejections,
+                })
+            }
             MergeOutcome::Conflicts(conflicts) => {
                 let mut violations = Violations::with_cap(self.limits.max_violations);
                 for conflict in conflicts {

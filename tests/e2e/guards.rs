@@ -86,6 +86,79 @@ backend_tests! {
         let response = big.await.unwrap().unwrap().into_inner();
         assert_eq!(response.created, 20_000);
     }
+    async fn skip_invalid_commits_the_valid_products_and_lists_the_others(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![stocked("kept", 5), stocked("other", 1)]).await.unwrap();
+        let skipping = pb::SyncHeader { skip_invalid: true, ..header(STORE) };
+        let products = vec![
+            stocked("kept", -5),                                                   // 0: bad stock
+            stocked("new", 2),                                                     // 1
+            pb::ProductUpdate { price: Some("1.23456".into()), ..stocked("x", 1) }, // 2: bad price
+            item(""),                                                              // 3: no key
+            stocked("other", 4),                                                   // 4
+        ];
+        let response = sync(&mut client, skipping, products).await.unwrap();
+        assert_eq!(
+            (response.received, response.created, response.updated, response.unchanged, response.rejected_total),
+            (5, 1, 1, 0, 3)
+        );
+        let rejected: Vec<_> = response
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.external_id.as_str(), r.field.as_str()))
+            .collect();
+        assert_eq!(rejected, [(0, "kept", "in_stock"), (2, "x", "price"), (3, "", "external_id")]);
+        assert!(response.rejected[1].reason.contains("decimal places"), "{:?}", response.rejected[1]);
+        assert_eq!(
+            stock(&mut client, STORE).await,
+            [("kept".into(), Some(5)), ("other".into(), Some(4)), ("new".into(), Some(2))]
+        );
+    }
+
+    async fn skip_invalid_with_clear_never_zeroes_a_product_for_a_bad_copy_of_it(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![stocked("a", 5), stocked("b", 5), stocked("c", 5)]).await.unwrap();
+        let skipping = pb::SyncHeader { skip_invalid: true, clear: true, ..header(STORE) };
+        let products = vec![stocked("a", 6), pb::ProductUpdate { price: Some("-1".into()), ..stocked("b", 1) }];
+        let response = sync(&mut client, skipping, products).await.unwrap();
+        assert_eq!((response.updated, response.rejected_total, response.cleared), (1, 1, 1));
+        assert_eq!(
+            stock(&mut client, STORE).await,
+            [("a".into(), Some(6)), ("b".into(), Some(5)), ("c".into(), Some(0))],
+            "b was listed, though invalid: only c is cleared"
+        );
+    }
+
+    async fn skip_invalid_skips_products_that_conflict_with_others(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![coded("owner", &["777"], 1)]).await.unwrap();
+        let skipping = pb::SyncHeader { skip_invalid: true, ..header(STORE) };
+        let products = vec![
+            stocked("a", 1),
+            stocked("a", 2),                 // 1: the same external id again
+            coded("thief", &["777"], 1),     // 2: the owner keeps 777
+            coded("b", &["888"], 1),
+            coded("c", &["888"], 1),         // 4: 888 is b's in this batch
+        ];
+        let response = sync(&mut client, skipping, products).await.unwrap();
+        let rejected: Vec<_> = response.rejected.iter().map(|r| (r.index, r.field.as_str())).collect();
+        assert_eq!(rejected, [(1, "external_id"), (2, "barcodes"), (4, "barcodes")]);
+        assert_eq!((response.created, response.rejected_total), (2, 3));
+        assert_eq!(
+            stock(&mut client, STORE).await,
+            [("owner".into(), Some(1)), ("a".into(), Some(1)), ("b".into(), Some(1))]
+        );
+    }
+
+    async fn skip_invalid_lists_the_first_thousand_rejections_and_counts_them_all(server) {
+        let mut client = server.client().await;
+        let skipping = pb::SyncHeader { skip_invalid: true, ..header(STORE) };
+        let mut products: Vec<_> = (0..1500).map(|n| stocked(&format!("bad{n}"), -1)).collect();
+        products.push(stocked("good", 1));
+        let response = sync(&mut client, skipping, products).await.unwrap();
+        assert_eq!((response.rejected_total, response.rejected.len(), response.created), (1500, 1000, 1));
+        assert_eq!(response.rejected[999].index, 999);
+    }
 }
 
 mod limits {

@@ -166,7 +166,6 @@ backend_tests! {
         let mut client = server.client().await;
         let cases = [
             (pb::SyncHeader { idempotency_key: "k".into(), ..header(STORE) }, "idempotency_key"),
-            (pb::SyncHeader { skip_invalid: true, ..header(STORE) }, "skip_invalid"),
         ];
         for (header, field) in cases {
             let status = sync(&mut client, header, vec![stocked("a", 1)]).await.unwrap_err();
