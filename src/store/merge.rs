@@ -194,6 +194,14 @@ impl StoredConflictRows {
 /// Conflicts looked for per round when they are skipped rather than reported.
 pub(super) const SKIP_ROUND: usize = 10_000;
 
+/// The first conflict of each product: a skipped product is rejected once, whatever else
+/// is wrong with it.
+pub(super) fn one_per_product(mut conflicts: Vec<BatchConflict>) -> Vec<BatchConflict> {
+    conflicts.sort_by_key(BatchConflict::index);
+    conflicts.dedup_by_key(|conflict| conflict.index());
+    conflicts
+}
+
 fn in_stream_order(mut conflicts: Vec<BatchConflict>, limit: usize) -> Vec<BatchConflict> {
     conflicts.sort_by_key(BatchConflict::index);
     conflicts.truncate(limit);
@@ -270,6 +278,7 @@ macro_rules! merge_into_locked_store {
                 conflicts.truncate($request.max_conflicts);
                 return Ok(MergeOutcome::Conflicts(conflicts));
             }
+            let conflicts = $crate::store::merge::one_per_product(conflicts);
             for conflict in &conflicts {
                 skip_staged_product!(&mut *$tx, conflict.index());
             }
@@ -421,6 +430,7 @@ macro_rules! staging_common {
                 if conflicts.is_empty() {
                     return Ok(skipped);
                 }
+                let conflicts = $crate::store::merge::one_per_product(conflicts);
                 for conflict in &conflicts {
                     skip_staged_product!(&mut *self.connection, conflict.index());
                 }

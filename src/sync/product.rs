@@ -502,4 +502,67 @@ mod tests {
             ProductChange::from_wire(coded, SyncKey::Barcode, &FieldLimits::default()).unwrap();
         assert_eq!(change.external_id, None);
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+        use prost::Message;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+            /// Whatever bytes arrive, decoding and validation never panic, and a refusal
+            /// always names a field (so it becomes an INVALID_ARGUMENT with a field path).
+            #[test]
+            fn arbitrary_bytes_never_panic_and_every_refusal_names_a_field(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                if let Ok(update) = pb::ProductUpdate::decode(bytes.as_slice()) {
+                    for key in [SyncKey::ExternalId, SyncKey::Barcode] {
+                        if let Err(errors) = ProductChange::from_wire(update.clone(), key, &FieldLimits::default()) {
+                            prop_assert!(!errors.is_empty());
+                            prop_assert!(errors.iter().all(|e| !e.field.is_empty() && !e.description.is_empty()));
+                        }
+                    }
+                }
+            }
+
+            /// Arbitrary wire products: never a panic, and what passes is within bounds.
+            #[test]
+            fn arbitrary_products_validate_within_bounds(
+                external_id in ".{0,140}",
+                barcodes in proptest::collection::vec(".{0,70}", 0..40),
+                in_stock in proptest::option::of(any::<i64>()),
+                price in proptest::option::of("[-+0-9.eE ]{0,24}|.{0,10}"),
+                abv in proptest::option::of(any::<f64>()),
+                category in any::<i32>(),
+            ) {
+                let update = pb::ProductUpdate {
+                    external_id, barcodes, in_stock, price, abv, category,
+                    ..pb::ProductUpdate::default()
+                };
+                let limits = FieldLimits::default();
+                if let Ok(change) = ProductChange::from_wire(update, SyncKey::ExternalId, &limits) {
+                    let id = change.external_id.unwrap();
+                    prop_assert!(!id.is_empty() && id.chars().count() <= MAX_EXTERNAL_ID_CHARS);
+                    prop_assert!(change.in_stock.is_none_or(|stock| stock >= 0));
+                    prop_assert!(change.abv.is_none_or(|abv| (0.0..=100.0).contains(&abv)));
+                    if let Some(barcodes) = change.barcodes {
+                        prop_assert!(barcodes.as_slice().len() <= limits.max_barcodes);
+                    }
+                    if let Some(price) = change.price {
+                        let (integer, decimals) = price.as_str().split_once('.').unwrap_or((price.as_str(), ""));
+                        prop_assert!(integer.bytes().all(|b| b.is_ascii_digit()) && !integer.is_empty());
+                        prop_assert!(decimals.len() <= MAX_PRICE_DECIMALS);
+                    }
+                }
+            }
+
+            #[test]
+            fn price_parsing_never_panics(text in "\\PC{0,32}") {
+                let _ = Price::parse(&text);
+            }
+        }
+    }
 }

@@ -411,12 +411,17 @@ impl Worker {
                     rejections.conflict(conflict);
                 }
                 let written = counts.created + counts.updated + rejections.total;
+                let unchanged = received.checked_sub(written).ok_or_else(|| {
+                    SyncError::Worker(format!(
+                        "counts disagree: {written} written or rejected of {received} received"
+                    ))
+                })?;
                 Ok(Merged {
                     counts: SyncCounts {
                         received,
                         created: counts.created,
                         updated: counts.updated,
-                        unchanged: received - written,
+                        unchanged,
                         cleared: counts.cleared,
                         linked: counts.linked,
                         rejected: rejections.total,

@@ -10,6 +10,7 @@ mod barcode_sync;
 mod binary;
 mod guards;
 mod match_queue;
+mod model;
 mod reads;
 mod serving;
 mod sync_counts;
