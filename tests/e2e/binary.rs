@@ -1,53 +1,11 @@
 //! The `inventory-sync` binary as an operator runs it: defaults, signals, restarts.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
 use sqlx::Connection;
 
 use crate::support::*;
-
-/// A started server process: its address, and the admin token it printed on a first start.
-struct Served {
-    child: Child,
-    endpoint: String,
-    first_admin_token: Option<String>,
-}
-
-/// Starts `inventory-sync serve` in `dir` on a free port.
-fn serve_in(dir: &std::path::Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let mut first_admin_token = None;
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server logs that it is serving")
-            .unwrap();
-        if line.trim().starts_with("isk_") {
-            first_admin_token = Some(line.trim().to_owned());
-        }
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served {
-        child,
-        endpoint: format!("http://{address}"),
-        first_admin_token,
-    }
-}
 
 /// Runs `inventory-sync ARGS` to completion; returns (success, stdout).
 fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
@@ -87,23 +45,10 @@ async fn client_with_token(
     })
 }
 
-/// Sends SIGTERM and waits for the process to exit, without blocking the runtime (which
-/// may still have to close the client's connection for the server to finish).
-async fn terminate(mut child: Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn serve_defaults_to_a_sqlite_file_in_wal_mode_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let served = serve_in(dir.path());
+    let served = serve_in(dir.path(), &[]);
     let token = served
         .first_admin_token
         .clone()
@@ -130,7 +75,7 @@ async fn serve_defaults_to_a_sqlite_file_in_wal_mode_and_stops_cleanly_on_sigter
     connection.close().await.unwrap();
 
     // A restart on the same file serves what was committed, and prints no new token.
-    let served = serve_in(dir.path());
+    let served = serve_in(dir.path(), &[]);
     assert_eq!(
         served.first_admin_token, None,
         "the admin token is shown only once"
@@ -174,7 +119,7 @@ async fn tokens_are_created_listed_and_revoked_from_the_command_line() {
     assert!(!listed.contains(secret), "a list never shows a token");
 
     // The token works against a server on the same database, until it is revoked.
-    let served = serve_in(dir.path());
+    let served = serve_in(dir.path(), &[]);
     assert_eq!(
         served.first_admin_token, None,
         "a database with tokens gets no new admin token"

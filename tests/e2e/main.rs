@@ -12,6 +12,7 @@ mod guards;
 mod match_queue;
 mod model;
 mod reads;
+mod replicas;
 mod serving;
 mod sync_counts;
 mod tls;

@@ -1,7 +1,9 @@
 //! The test harness: a real server on 127.0.0.1:0 over a fresh database per test, SQLite
 //! or PostgreSQL, and helpers that talk to it through the generated client.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inventory_sync::activity::Activity;
@@ -195,7 +197,7 @@ impl Drop for TestServer {
 }
 
 /// Creates a fresh PostgreSQL database for one test: (admin URL, its name, its URL).
-async fn create_postgres_database() -> Option<(String, String, String)> {
+pub async fn create_postgres_database() -> Option<(String, String, String)> {
     let admin_url =
         std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
     let connect = tokio::time::timeout(
@@ -235,7 +237,7 @@ async fn create_postgres_database() -> Option<(String, String, String)> {
     Some((admin_url, name, url.to_string()))
 }
 
-async fn drop_postgres_database(admin_url: &str, name: &str) {
+pub async fn drop_postgres_database(admin_url: &str, name: &str) {
     if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -455,4 +457,61 @@ pub fn barcode_header(store_id: i64) -> pb::SyncHeader {
         key: pb::KeyField::Barcode as i32,
         ..header(store_id)
     }
+}
+
+// ---- the binary as a separate process ----
+
+/// A started server process: its address, and the admin token it printed on a first start.
+pub struct Served {
+    pub child: Child,
+    pub endpoint: String,
+    pub first_admin_token: Option<String>,
+}
+
+/// Starts `inventory-sync serve` in `dir` on a free port, with `extra` arguments.
+pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let mut first_admin_token = None;
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("the server logs that it is serving")
+            .unwrap();
+        if line.trim().starts_with("isk_") {
+            first_admin_token = Some(line.trim().to_owned());
+        }
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        endpoint: format!("http://{address}"),
+        first_admin_token,
+    }
+}
+
+/// Sends SIGTERM and waits for the process to exit, without blocking the runtime (which
+/// may still have to close the client's connection for the server to finish).
+pub async fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
 }

@@ -1,0 +1,501 @@
+//! The sync benchmark: the release server as a separate process, fed by this process over
+//! gRPC, on SQLite and (when reachable) PostgreSQL, against the plainest bulk write each
+//! database can do with no service around it.
+//!
+//! `cargo bench --bench sync [-- --products N] [-- --backend sqlite|postgres]`
+//!
+//! Prints, per case: wall time, products per second, and the server's peak RSS (VmHWM,
+//! reset before each case), then the ratios the targets are stated in.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::stream;
+use inventory_sync::pb;
+use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
+use inventory_sync::store::{Database, DatabaseUrl};
+use sqlx::{Connection, Executor};
+use tonic::transport::Channel;
+
+const MESSAGE_SIZE: usize = 1_000;
+const DEFAULT_PRODUCTS: usize = 1_000_000;
+const CONCURRENT_SYNCS: usize = 100;
+const CONCURRENT_PRODUCTS: usize = 5_000;
+const SMALL_STORE: usize = 1_000;
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Options {
+    products: usize,
+    backends: Vec<Backend>,
+}
+
+fn options() -> Options {
+    let mut args = std::env::args().skip(1);
+    let mut options = Options {
+        products: DEFAULT_PRODUCTS,
+        backends: vec![Backend::Sqlite, Backend::Postgres],
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--products" => {
+                options.products = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--products takes a number")
+            }
+            "--backend" => {
+                options.backends = match args.next().as_deref() {
+                    Some("sqlite") => vec![Backend::Sqlite],
+                    Some("postgres") => vec![Backend::Postgres],
+                    _ => panic!("--backend takes sqlite or postgres"),
+                }
+            }
+            // cargo bench passes --bench; anything else is not ours.
+            _ => {}
+        }
+    }
+    options
+}
+
+/// The n-th product of a store, as a POS would send it; `version` changes its stock.
+fn product(n: usize, version: usize) -> pb::ProductUpdate {
+    pb::ProductUpdate {
+        external_id: format!("p{n}"),
+        barcodes: vec![format!("{n:013}")],
+        in_stock: Some(((n + version) % 50) as i64),
+        price: Some(format!("{}.99", 5 + n % 90)),
+        name: Some(format!("Product number {n}")),
+        unit_size: Some("750ML".to_owned()),
+        abv: Some(13.5),
+        proof: None,
+        category: pb::Category::Wine as i32,
+    }
+}
+
+/// A sync's messages, generated as they are sent. Products `changed(n)` get `version` 1.
+fn messages(
+    header: pb::SyncHeader,
+    count: usize,
+    changed: impl Fn(usize) -> bool + Send + 'static,
+) -> impl futures::Stream<Item = pb::SyncRequest> + Send + 'static {
+    let chunks = count.div_ceil(MESSAGE_SIZE);
+    let first = pb::SyncRequest {
+        header: Some(header),
+        products: Vec::new(),
+    };
+    stream::iter(std::iter::once(first).chain((0..chunks).map(move |chunk| {
+        let start = chunk * MESSAGE_SIZE;
+        let end = (start + MESSAGE_SIZE).min(count);
+        pb::SyncRequest {
+            header: None,
+            products: (start..end)
+                .map(|n| product(n, usize::from(changed(n))))
+                .collect(),
+        }
+    })))
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Server {
+    fn start(database_url: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-no-auth",
+                "--database-url",
+                database_url,
+                "--max-concurrent-syncs",
+                "12",
+                "--sync-queue-timeout",
+                "30m",
+            ])
+            .env("RUST_LOG", "warn,inventory_sync=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines.next().expect("the server starts").unwrap();
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            endpoint: format!("http://{address}"),
+        }
+    }
+
+    async fn client(&self) -> InventorySyncClient<Channel> {
+        InventorySyncClient::connect(self.endpoint.clone())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Starts a new peak-RSS measurement.
+    fn reset_peak_memory(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    /// Peak RSS since the last reset, in MiB.
+    fn peak_memory_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+struct Measured {
+    seconds: f64,
+    products: usize,
+    peak_mib: f64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.products as f64 / self.seconds
+    }
+}
+
+fn print(backend: Backend, case: &str, measured: &Measured) {
+    println!(
+        "{:<9} {:<44} {:>9.2} s {:>11.0} products/s {:>8.1} MiB",
+        format!("{backend:?}"),
+        case,
+        measured.seconds,
+        measured.rate(),
+        measured.peak_mib
+    );
+}
+
+async fn timed_sync(
+    server: &Server,
+    header: pb::SyncHeader,
+    count: usize,
+    changed: impl Fn(usize) -> bool + Send + 'static,
+) -> Measured {
+    let mut client = server.client().await;
+    server.reset_peak_memory();
+    let started = Instant::now();
+    let response = client
+        .sync(messages(header, count, changed))
+        .await
+        .expect("the sync succeeds")
+        .into_inner();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(response.received as usize, count);
+    Measured {
+        seconds,
+        products: count,
+        peak_mib: server.peak_memory_mib(),
+    }
+}
+
+fn header(store_id: i64, clear: bool) -> pb::SyncHeader {
+    pb::SyncHeader {
+        store_id,
+        clear,
+        allow_mass_clear: true,
+        ..pb::SyncHeader::default()
+    }
+}
+
+/// A fresh database: (URL for the server, what to drop afterwards).
+async fn fresh_database(backend: Backend, dir: &std::path::Path, name: &str) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(dir.join(format!("{name}.db")).display().to_string()),
+        Backend::Postgres => {
+            let admin_url =
+                std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+            let database = format!("inventory_sync_bench_{name}");
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                )))
+                .await
+                .ok()?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+                .await
+                .ok()?;
+            let mut url = url::Url::parse(&admin_url).ok()?;
+            url.set_path(&database);
+            Some(url.to_string())
+        }
+    }
+}
+
+/// The database's own speed: the same rows, the plainest bulk upsert, no service around it.
+async fn database_limit(url: &str, count: usize) -> Measured {
+    let parsed: DatabaseUrl = url.parse().unwrap();
+    // The service's schema, so that the same indexes are maintained.
+    let database = Database::connect(&parsed).await.expect("migrate");
+    let rows: Vec<pb::ProductUpdate> = (0..count).map(|n| product(n, 0)).collect();
+    let started = Instant::now();
+    match &database {
+        Database::Sqlite(pool) => {
+            let mut connection = pool.acquire().await.unwrap();
+            let mut tx = connection.begin().await.unwrap();
+            sqlx::query("INSERT INTO stores (id, created_at) VALUES (1, 0)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            for row in &rows {
+                sqlx::query(
+                    "INSERT INTO products (store_id, external_id, barcodes, in_stock, price, name,
+                                           unit_size, abv, proof, category, created_at, updated_at)
+                     VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0)
+                     ON CONFLICT (store_id, external_id) DO UPDATE SET
+                        barcodes = excluded.barcodes, in_stock = excluded.in_stock,
+                        price = excluded.price, name = excluded.name,
+                        unit_size = excluded.unit_size, abv = excluded.abv,
+                        proof = excluded.proof, category = excluded.category",
+                )
+                .bind(&row.external_id)
+                .bind(&row.barcodes[0])
+                .bind(row.in_stock)
+                .bind(&row.price)
+                .bind(&row.name)
+                .bind(&row.unit_size)
+                .bind(row.abv)
+                .bind(row.proof)
+                .bind(row.category)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        Database::Postgres(pool) => {
+            let mut connection = pool.acquire().await.unwrap();
+            let mut tx = connection.begin().await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO stores (id, created_at) VALUES (1, 0);
+                 CREATE TEMPORARY TABLE incoming (external_id TEXT, barcodes TEXT, in_stock BIGINT,
+                     price NUMERIC, name TEXT, unit_size TEXT, abv DOUBLE PRECISION,
+                     proof DOUBLE PRECISION, category INTEGER) ON COMMIT DROP",
+            )
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            let mut copy = tx.copy_in_raw("COPY incoming FROM STDIN").await.unwrap();
+            let mut buffer = String::new();
+            for (n, row) in rows.iter().enumerate() {
+                use std::fmt::Write;
+                writeln!(
+                    buffer,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t\\N\t{}",
+                    row.external_id,
+                    row.barcodes[0],
+                    row.in_stock.unwrap(),
+                    row.price.as_deref().unwrap(),
+                    row.name.as_deref().unwrap(),
+                    row.unit_size.as_deref().unwrap(),
+                    row.abv.unwrap(),
+                    row.category
+                )
+                .unwrap();
+                if n % MESSAGE_SIZE == MESSAGE_SIZE - 1 {
+                    copy.send(std::mem::take(&mut buffer).into_bytes())
+                        .await
+                        .unwrap();
+                }
+            }
+            if !buffer.is_empty() {
+                copy.send(buffer.into_bytes()).await.unwrap();
+            }
+            copy.finish().await.unwrap();
+            sqlx::query(
+                "INSERT INTO products (store_id, external_id, barcodes, in_stock, price, name,
+                                       unit_size, abv, proof, category, created_at, updated_at)
+                 SELECT 1, external_id, barcodes, in_stock, price, name, unit_size, abv, proof,
+                        category, 0, 0
+                 FROM incoming
+                 ON CONFLICT (store_id, external_id) DO UPDATE SET
+                    barcodes = excluded.barcodes, in_stock = excluded.in_stock,
+                    price = excluded.price, name = excluded.name,
+                    unit_size = excluded.unit_size, abv = excluded.abv,
+                    proof = excluded.proof, category = excluded.category",
+            )
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    database.close().await;
+    Measured {
+        seconds,
+        products: count,
+        peak_mib: f64::NAN,
+    }
+}
+
+async fn bench(backend: Backend, products: usize, dir: &std::path::Path) -> Option<()> {
+    let main_url = fresh_database(backend, dir, "main").await?;
+    let empty_url = fresh_database(backend, dir, "empty").await?;
+    let limit_url = fresh_database(backend, dir, "limit").await?;
+    let small = (products / 10).max(1);
+
+    let server = Server::start(&main_url);
+    let sync_small = timed_sync(&server, header(1, false), small, |_| false).await;
+    print(backend, &format!("{small} create"), &sync_small);
+    let create = timed_sync(&server, header(2, false), products, |_| false).await;
+    print(backend, &format!("{products} create"), &create);
+    let resync = timed_sync(&server, header(2, false), products, |_| false).await;
+    print(
+        backend,
+        &format!("{products} re-sync, nothing changed"),
+        &resync,
+    );
+    let changed = timed_sync(&server, header(2, true), products, |n| n % 10 == 0).await;
+    print(
+        backend,
+        &format!("{products}, 10% changed, clear"),
+        &changed,
+    );
+
+    server.reset_peak_memory();
+    let started = Instant::now();
+    let mut syncs = Vec::new();
+    for store in 0..CONCURRENT_SYNCS {
+        let mut client = server.client().await;
+        syncs.push(tokio::spawn(async move {
+            let header = header(1_000 + store as i64, false);
+            client
+                .sync(messages(header, CONCURRENT_PRODUCTS, |_| false))
+                .await
+                .map(|response| response.into_inner().created)
+        }));
+    }
+    let mut succeeded = 0;
+    for sync in syncs {
+        if let Ok(Ok(created)) = sync.await
+            && created as usize == CONCURRENT_PRODUCTS
+        {
+            succeeded += 1;
+        }
+    }
+    let concurrent = Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        products: CONCURRENT_SYNCS * CONCURRENT_PRODUCTS,
+        peak_mib: server.peak_memory_mib(),
+    };
+    print(
+        backend,
+        &format!("{CONCURRENT_SYNCS} concurrent syncs of {CONCURRENT_PRODUCTS} ({succeeded} ok)"),
+        &concurrent,
+    );
+
+    timed_sync(&server, header(9_000, false), SMALL_STORE, |_| false).await;
+    let crowded_clear = timed_sync(&server, header(9_000, true), SMALL_STORE, |n| n % 2 == 0).await;
+    print(
+        backend,
+        "clear of a 1000-product store beside the rest",
+        &crowded_clear,
+    );
+    drop(server);
+
+    let server = Server::start(&empty_url);
+    timed_sync(&server, header(9_000, false), SMALL_STORE, |_| false).await;
+    let lonely_clear = timed_sync(&server, header(9_000, true), SMALL_STORE, |n| n % 2 == 0).await;
+    print(
+        backend,
+        "clear of a 1000-product store, alone",
+        &lonely_clear,
+    );
+    drop(server);
+
+    let limit = database_limit(&limit_url, products).await;
+    print(
+        backend,
+        &format!("{products} database limit (no service)"),
+        &limit,
+    );
+
+    let (create_target, name) = match backend {
+        Backend::Sqlite => (2.0, "SQLite"),
+        Backend::Postgres => (1.5, "PostgreSQL"),
+    };
+    println!("{name} ratios (target):");
+    println!(
+        "  create / database limit        {:>6.2}  (<= {create_target})",
+        create.seconds / limit.seconds
+    );
+    println!(
+        "  unchanged re-sync / create     {:>6.2}  (<= 0.6)",
+        resync.seconds / create.seconds
+    );
+    println!(
+        "  peak RSS {products} / {small}       {:>6.2}  (<= 1.2; {:.1} MiB <= 150)",
+        create.peak_mib / sync_small.peak_mib,
+        create.peak_mib
+    );
+    println!(
+        "  concurrent / single rate       {:>6.2}  (>= 0.7; {succeeded}/{CONCURRENT_SYNCS} succeeded)",
+        concurrent.rate() / create.rate()
+    );
+    println!(
+        "  crowded / lonely clear         {:>6.2}  (<= 3)",
+        crowded_clear.seconds / lonely_clear.seconds
+    );
+    Some(())
+}
+
+#[tokio::main]
+async fn main() {
+    let options = options();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    println!(
+        "sync benchmark: {} products in messages of {MESSAGE_SIZE}, server {}",
+        options.products,
+        env!("CARGO_BIN_EXE_inventory-sync")
+    );
+    for backend in options.backends {
+        let started = Instant::now();
+        if bench(backend, options.products, dir.path()).await.is_none() {
+            println!("{backend:?}: database unreachable, skipped");
+        }
+        println!(
+            "{backend:?} done in {:.0?}",
+            Duration::from_secs(started.elapsed().as_secs())
+        );
+    }
+}
