@@ -230,6 +230,9 @@ macro_rules! merge_into_locked_store {
             .bind(store_id)
             .execute(&mut *$tx)
             .await?;
+        if let Some(index) = $statements.index_resolved_products {
+            sqlx::query(index).execute(&mut *$tx).await?;
+        }
 
         // With skip_invalid, conflicting products are skipped and the checks run again
         // (skipping one product may not settle another's conflict); otherwise the first

@@ -17,6 +17,7 @@ pub use tokens::{NewToken, TokenRecord};
 use std::fmt;
 use std::str::FromStr;
 
+use futures::Stream;
 use sqlx::{PgPool, SqlitePool};
 
 use crate::sync::{ProductChange, StagedProduct};
@@ -346,11 +347,22 @@ pub enum Staging {
 }
 
 impl Staging {
-    /// Stages a batch of validated products.
-    pub async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
+    /// Stages every batch of validated products the stream yields, as they come.
+    pub async fn stage_all(
+        &mut self,
+        batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
+    ) -> Result<(), StoreError> {
         match self {
-            Staging::Sqlite(staging) => staging.stage(products).await,
-            Staging::Postgres(staging) => staging.stage(products).await,
+            Staging::Sqlite(staging) => staging.stage_all(batches).await,
+            Staging::Postgres(staging) => staging.stage_all(batches).await,
+        }
+    }
+
+    /// Readies the staged batch for the checks and the merge (derived rows, statistics).
+    pub async fn prepare_checks(&mut self) -> Result<(), StoreError> {
+        match self {
+            Staging::Sqlite(_) => Ok(()),
+            Staging::Postgres(staging) => staging.prepare_checks().await,
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use futures::{Stream, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool, Postgres};
@@ -32,49 +33,46 @@ pub struct Staging {
 }
 
 impl Staging {
-    pub(super) async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
-        let mut rows = CopyText::default();
-        let mut barcode_rows = CopyText::default();
-        for product in products {
-            let change = &product.change;
-            let index = product.index as i64;
-            rows.int(Some(index));
-            rows.text(change.external_id.as_deref());
-            rows.text(staged_barcodes(change).as_deref());
-            rows.int(change.in_stock);
-            rows.text(change.price.as_ref().map(|price| price.as_str()));
-            rows.text(change.name.as_deref());
-            rows.text(change.unit_size.as_deref());
-            rows.float(change.abv);
-            rows.float(change.proof);
-            rows.int(change.category.map(|category| i64::from(category.code())));
-            rows.boolean(product.skipped);
-            rows.end_row();
-            for barcode in change
-                .barcodes
-                .iter()
-                .flat_map(|barcodes| barcodes.as_slice())
-            {
-                barcode_rows.int(Some(index));
-                barcode_rows.text(Some(barcode));
-                barcode_rows.end_row();
+    /// Streams every batch into `staged_products` through one `COPY`, open for the whole
+    /// upload: one round trip per batch and none to wait for. (Each short `COPY` would end
+    /// with a small write that waits out delayed acknowledgements.) Barcodes travel in the
+    /// product rows and are split out by [`Staging::prepare_checks`].
+    pub(super) async fn stage_all(
+        &mut self,
+        mut batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
+    ) -> Result<(), StoreError> {
+        let first = loop {
+            match batches.next().await {
+                None => return Ok(()),
+                Some(batch) if batch.is_empty() => continue,
+                Some(batch) => break batch,
+            }
+        };
+        let statement = format!("COPY {} FROM STDIN", sql::STAGED_PRODUCT_COLUMNS);
+        let mut copy = self.connection.copy_in_raw(&statement).await?;
+        copy.send(copy_rows(&first).buffer.into_bytes()).await?;
+        while let Some(batch) = batches.next().await {
+            if !batch.is_empty() {
+                copy.send(copy_rows(&batch).buffer.into_bytes()).await?;
             }
         }
-        self.copy_in(sql::STAGED_PRODUCT_COLUMNS, rows).await?;
-        if !barcode_rows.is_empty() {
-            self.copy_in(sql::STAGED_BARCODE_COLUMNS, barcode_rows)
-                .await?;
-        }
+        copy.finish().await?;
         Ok(())
     }
 
-    async fn copy_in(&mut self, table: &str, rows: CopyText) -> Result<(), StoreError> {
-        let mut copy = self
-            .connection
-            .copy_in_raw(&format!("COPY {table} FROM STDIN"))
-            .await?;
-        copy.send(rows.buffer.into_bytes()).await?;
-        copy.finish().await?;
+    /// Splits the staged barcodes into their own rows, and gives the planner statistics:
+    /// temporary tables get none on their own, and without them it guesses a handful of
+    /// rows and picks nested loops over a million.
+    pub(super) async fn prepare_checks(&mut self) -> Result<(), StoreError> {
+        sqlx::raw_sql(
+            "INSERT INTO staged_barcodes (idx, barcode)
+                 SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
+                 WHERE barcodes IS NOT NULL;
+             ANALYZE staged_products;
+             ANALYZE staged_barcodes;",
+        )
+        .execute(&mut *self.connection)
+        .await?;
         Ok(())
     }
 
@@ -82,11 +80,6 @@ impl Staging {
         &mut self,
         limit: usize,
     ) -> Result<Vec<BatchConflict>, StoreError> {
-        // Temporary tables get no statistics on their own; without them the planner
-        // guesses a handful of rows and picks nested loops over a million.
-        sqlx::raw_sql("ANALYZE staged_products; ANALYZE staged_barcodes")
-            .execute(&mut *self.connection)
-            .await?;
         self.find_batch_conflicts(limit).await
     }
 
@@ -109,6 +102,27 @@ impl Staging {
     }
 
     staging_common!(sqlx::Postgres, POSTGRES);
+}
+
+/// The staged rows of a batch in `COPY` text format.
+fn copy_rows(products: &[StagedProduct]) -> CopyText {
+    let mut rows = CopyText::default();
+    for product in products {
+        let change = &product.change;
+        rows.int(Some(product.index as i64));
+        rows.text(change.external_id.as_deref());
+        rows.text(staged_barcodes(change).as_deref());
+        rows.int(change.in_stock);
+        rows.text(change.price.as_ref().map(|price| price.as_str()));
+        rows.text(change.name.as_deref());
+        rows.text(change.unit_size.as_deref());
+        rows.float(change.abv);
+        rows.float(change.proof);
+        rows.int(change.category.map(|category| i64::from(category.code())));
+        rows.boolean(product.skipped);
+        rows.end_row();
+    }
+    rows
 }
 
 /// Rows in PostgreSQL's `COPY … FROM STDIN` text format: tab-separated fields, `\N` for
@@ -172,9 +186,6 @@ impl CopyText {
         self.row_has_fields = false;
     }
 
-    fn is_empty(&self) -> bool {
-        self.buffer.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,19 @@ impl Dialect {
         }
     }
 
+    /// Indexes the staged products by their resolved live id, where the planner needs it.
+    fn index_resolved_products(self) -> Option<&'static str> {
+        match self {
+            // Without it SQLite updates the live table row by row, scanning the staged
+            // products for each: quadratic in the size of a re-sync.
+            Dialect::Sqlite => Some(
+                "CREATE INDEX staged_products_product_id ON staged_products (product_id)",
+            ),
+            // PostgreSQL hash-joins on it; an index would only cost.
+            Dialect::Postgres => None,
+        }
+    }
+
     /// Gives every new staged product its id, in stream order, and marks it created.
     fn allocate_new_product_ids(self) -> &'static str {
         match self {
@@ -88,6 +101,7 @@ pub(super) struct Statements {
     pub update_changed_products: String,
     pub insert_new_products: String,
     pub allocate_new_product_ids: &'static str,
+    pub index_resolved_products: Option<&'static str>,
 }
 
 pub(super) static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
@@ -396,6 +410,7 @@ impl Statements {
                  ORDER BY s.idx"
             ),
             allocate_new_product_ids: dialect.allocate_new_product_ids(),
+            index_resolved_products: dialect.index_resolved_products(),
         }
     }
 }

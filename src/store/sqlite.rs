@@ -5,6 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
@@ -47,7 +48,19 @@ pub struct Staging {
 }
 
 impl Staging {
-    pub(super) async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
+    pub(super) async fn stage_all(
+        &mut self,
+        mut batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
+    ) -> Result<(), StoreError> {
+        while let Some(batch) = batches.next().await {
+            if !batch.is_empty() {
+                self.stage(&batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
         // One transaction per batch: a journal sync per batch instead of per statement.
         // It is a transaction of the temporary database only.
         let mut tx = self.connection.begin().await?;

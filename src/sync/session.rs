@@ -9,6 +9,7 @@
 //! broke, the server shut down), the worker sees its queue close and discards everything.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -350,21 +351,35 @@ impl Worker {
     }
 
     async fn stage_and_merge(&mut self) -> Result<Merged, SyncError> {
-        loop {
-            match self.queue.recv().await {
-                Some(Command::Stage { products, received }) => {
+        // The staging area takes the batches as one stream, so a backend can keep a single
+        // bulk load open for the whole upload; the stream ends at the client's half-close
+        // (a Finish) or when the client goes away (the queue closes).
+        let mut finish = None;
+        let batches = futures::stream::poll_fn(|context| {
+            match self.queue.poll_recv(context) {
+                Poll::Ready(Some(Command::Stage { products, received })) => {
                     self.in_flight.received(received);
-                    if !products.is_empty() {
-                        self.staging.stage(&products).await?;
-                    }
+                    Poll::Ready(Some(products))
                 }
-                Some(Command::Finish {
+                Poll::Ready(Some(Command::Finish {
                     received,
                     violations,
                     rejections,
-                }) => return self.merge(received, violations, rejections).await,
-                None => return Err(SyncError::Abandoned),
+                })) => {
+                    finish = Some((received, violations, rejections));
+                    Poll::Ready(None)
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
             }
+        });
+        self.staging.stage_all(batches).await?;
+        match finish {
+            Some((received, violations, rejections)) => {
+                self.staging.prepare_checks().await?;
+                self.merge(received, violations, rejections).await
+            }
+            None => Err(SyncError::Abandoned),
         }
     }
 
