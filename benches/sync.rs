@@ -122,7 +122,10 @@ impl Server {
                 "--sync-queue-timeout",
                 "30m",
             ])
-            .env("RUST_LOG", "warn,inventory_sync=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the server");
@@ -133,7 +136,15 @@ impl Server {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        // BENCH_SERVER_LOG=sqlx::query=debug shows where a sync spends its time.
+        let echo = std::env::var_os("BENCH_SERVER_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if echo {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
         Server {
             child,
             endpoint: format!("http://{address}"),

@@ -250,7 +250,7 @@ pub(super) const DELETE_REPLACED_BARCODES: &str = "
     WHERE store_id = $1 AND product_id IN (
         SELECT p.id FROM staged_products s
         JOIN products p ON p.id = s.product_id
-        WHERE s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes)";
+        WHERE NOT s.skipped AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes)";
 
 /// The new barcode sets of those same products (all replaced sets were deleted first, so a
 /// barcode moving between two of them collides with nothing).
@@ -260,7 +260,7 @@ pub(super) const INSERT_REPLACEMENT_BARCODES: &str = "
     FROM staged_products s
     JOIN products p ON p.id = s.product_id
     JOIN staged_barcodes b ON b.idx = s.idx
-    WHERE s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes";
+    WHERE NOT s.skipped AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes";
 
 /// The barcodes of the products created by this sync.
 pub(super) const INSERT_NEW_PRODUCT_BARCODES: &str = "

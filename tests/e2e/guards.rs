@@ -129,6 +129,21 @@ backend_tests! {
         );
     }
 
+    async fn skip_invalid_in_a_barcode_sync_keeps_a_skipped_products_barcodes_and_stock(server) {
+        let mut client = server.client().await;
+        sync(&mut client, barcode_header(STORE), vec![coded("", &["111", "112"], 5), coded("", &["222"], 5)])
+            .await
+            .unwrap();
+        let skipping = pb::SyncHeader { skip_invalid: true, clear: true, ..barcode_header(STORE) };
+        let products = vec![coded("", &["111"], -1), coded("", &["222"], 3)];
+        let response = sync(&mut client, skipping, products).await.unwrap();
+        assert_eq!((response.updated, response.rejected_total, response.cleared), (1, 1, 0));
+        let skipped = get_by_barcode(&mut client, STORE, "112").await.unwrap();
+        assert_eq!(skipped.barcodes, ["111", "112"], "a skipped product writes nothing");
+        assert_eq!(skipped.in_stock, Some(5), "and is not cleared: it was listed");
+        assert_eq!(get_by_barcode(&mut client, STORE, "222").await.unwrap().in_stock, Some(3));
+    }
+
     async fn skip_invalid_skips_products_that_conflict_with_others(server) {
         let mut client = server.client().await;
         sync(&mut client, header(STORE), vec![coded("owner", &["777"], 1)]).await.unwrap();
