@@ -124,7 +124,8 @@ impl Server {
             ])
             .env(
                 "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                std::env::var("BENCH_SERVER_LOG")
+                    .unwrap_or_else(|_| "warn,inventory_sync=info".to_owned()),
             )
             .stderr(Stdio::piped())
             .spawn()

@@ -317,19 +317,8 @@ macro_rules! merge_into_locked_store {
             .execute(&mut *$tx)
             .await?
             .rows_affected();
-        sqlx::query($statements.allocate_new_product_ids)
-            .execute(&mut *$tx)
-            .await?;
-        let created = sqlx::query($statements.insert_new_products.as_str())
-            .bind(store_id)
-            .bind($request.now)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected();
-        sqlx::query(sql::INSERT_NEW_PRODUCT_BARCODES)
-            .bind(store_id)
-            .execute(&mut *$tx)
-            .await?;
+        // The clear runs before new products exist, so it needs to tell apart only the
+        // listed stored products (those resolved) from the unlisted ones.
         let cleared = if $request.clear {
             sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS)
                 .bind(store_id)
@@ -339,6 +328,37 @@ macro_rules! merge_into_locked_store {
                 .rows_affected()
         } else {
             0
+        };
+        let created = match $statements.insert_new_products_with_barcodes {
+            // One statement creates the products and their barcodes, ids drawn as it goes.
+            Some(statement) => {
+                let created: i64 = sqlx::query_scalar(sql::COUNT_NEW_PRODUCTS)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                sqlx::query(statement)
+                    .bind(store_id)
+                    .bind($request.now)
+                    .execute(&mut *$tx)
+                    .await?;
+                created as u64
+            }
+            // Ids are drawn into the staged rows first, and the barcodes follow them.
+            None => {
+                sqlx::query($statements.allocate_new_product_ids)
+                    .execute(&mut *$tx)
+                    .await?;
+                let created = sqlx::query($statements.insert_new_products.as_str())
+                    .bind(store_id)
+                    .bind($request.now)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(sql::INSERT_NEW_PRODUCT_BARCODES)
+                    .bind(store_id)
+                    .execute(&mut *$tx)
+                    .await?;
+                created
+            }
         };
 
         if let Some(fraction) = $request.max_clear_fraction {

@@ -185,7 +185,6 @@ impl CopyText {
         self.buffer.push('\n');
         self.row_has_fields = false;
     }
-
 }
 
 #[cfg(test)]

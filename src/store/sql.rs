@@ -49,14 +49,39 @@ impl Dialect {
         }
     }
 
+    /// Creates the new products and their barcodes in one statement, where the backend can:
+    /// the staged rows are not rewritten to carry the new ids.
+    fn insert_new_products_with_barcodes(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            // New products enter the matching queue as pending (match_status 1); identity
+            // values are drawn in stream order.
+            Dialect::Postgres => Some(
+                "WITH created AS (
+                     INSERT INTO products (store_id, external_id, barcodes, in_stock, price, name,
+                                           unit_size, abv, proof, category, match_status,
+                                           created_at, updated_at)
+                     SELECT $1, s.external_id, s.barcodes, s.in_stock, s.price::numeric, s.name,
+                            s.unit_size, s.abv, s.proof, COALESCE(s.category, 0), 1, $2, $2
+                     FROM staged_products s
+                     WHERE s.product_id IS NULL AND NOT s.skipped
+                     ORDER BY s.idx
+                     RETURNING id, barcodes)
+                 INSERT INTO product_barcodes (store_id, barcode, product_id)
+                 SELECT $1, unnest(string_to_array(barcodes, ' ')), id
+                 FROM created WHERE barcodes IS NOT NULL",
+            ),
+        }
+    }
+
     /// Indexes the staged products by their resolved live id, where the planner needs it.
     fn index_resolved_products(self) -> Option<&'static str> {
         match self {
             // Without it SQLite updates the live table row by row, scanning the staged
             // products for each: quadratic in the size of a re-sync.
-            Dialect::Sqlite => Some(
-                "CREATE INDEX staged_products_product_id ON staged_products (product_id)",
-            ),
+            Dialect::Sqlite => {
+                Some("CREATE INDEX staged_products_product_id ON staged_products (product_id)")
+            }
             // PostgreSQL hash-joins on it; an index would only cost.
             Dialect::Postgres => None,
         }
@@ -102,6 +127,7 @@ pub(super) struct Statements {
     pub insert_new_products: String,
     pub allocate_new_product_ids: &'static str,
     pub index_resolved_products: Option<&'static str>,
+    pub insert_new_products_with_barcodes: Option<&'static str>,
 }
 
 pub(super) static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
@@ -262,6 +288,10 @@ pub(super) const INSERT_REPLACEMENT_BARCODES: &str = "
     JOIN staged_barcodes b ON b.idx = s.idx
     WHERE NOT s.skipped AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes";
 
+/// How many products this sync creates.
+pub(super) const COUNT_NEW_PRODUCTS: &str =
+    "SELECT COUNT(*) FROM staged_products WHERE product_id IS NULL AND NOT skipped";
+
 /// The barcodes of the products created by this sync.
 pub(super) const INSERT_NEW_PRODUCT_BARCODES: &str = "
     INSERT INTO product_barcodes (store_id, barcode, product_id)
@@ -411,6 +441,7 @@ impl Statements {
             ),
             allocate_new_product_ids: dialect.allocate_new_product_ids(),
             index_resolved_products: dialect.index_resolved_products(),
+            insert_new_products_with_barcodes: dialect.insert_new_products_with_barcodes(),
         }
     }
 }

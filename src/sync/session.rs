@@ -355,23 +355,21 @@ impl Worker {
         // bulk load open for the whole upload; the stream ends at the client's half-close
         // (a Finish) or when the client goes away (the queue closes).
         let mut finish = None;
-        let batches = futures::stream::poll_fn(|context| {
-            match self.queue.poll_recv(context) {
-                Poll::Ready(Some(Command::Stage { products, received })) => {
-                    self.in_flight.received(received);
-                    Poll::Ready(Some(products))
-                }
-                Poll::Ready(Some(Command::Finish {
-                    received,
-                    violations,
-                    rejections,
-                })) => {
-                    finish = Some((received, violations, rejections));
-                    Poll::Ready(None)
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+        let batches = futures::stream::poll_fn(|context| match self.queue.poll_recv(context) {
+            Poll::Ready(Some(Command::Stage { products, received })) => {
+                self.in_flight.received(received);
+                Poll::Ready(Some(products))
             }
+            Poll::Ready(Some(Command::Finish {
+                received,
+                violations,
+                rejections,
+            })) => {
+                finish = Some((received, violations, rejections));
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         });
         self.staging.stage_all(batches).await?;
         match finish {
