@@ -123,3 +123,48 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
         .identity(Identity::from_pem(&stranger.client.0, &stranger.client.1));
     assert!(!sync_works(tls_client(&server, foreign).await).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_certificates_from_the_tls_flags() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key, ca) = (
+        write("server.pem", &pki.server.0),
+        write("server.key", &pki.server.1),
+        write("ca.pem", &pki.ca),
+    );
+    let args = [
+        "--insecure-no-auth",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ];
+    let served = serve_in(dir.path(), &args);
+    let address = served.endpoint.trim_start_matches("http://").to_owned();
+
+    let connect = |config: ClientTlsConfig| {
+        let endpoint = format!("https://{address}");
+        async move {
+            let channel = Channel::from_shared(endpoint)
+                .unwrap()
+                .tls_config(config)?
+                .connect()
+                .await?;
+            Ok::<_, tonic::transport::Error>(InventorySyncClient::new(channel))
+        }
+    };
+    assert!(sync_works(connect(pki.client_config(true)).await).await);
+    assert!(
+        !sync_works(connect(pki.client_config(false)).await).await,
+        "mutual TLS is required"
+    );
+    assert!(terminate(served.child).await.success());
+}
