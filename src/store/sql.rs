@@ -87,6 +87,18 @@ impl Dialect {
         }
     }
 
+    /// Indexes of the staging tables. SQLite joins by nested loops and needs them;
+    /// PostgreSQL hash-joins, and maintaining them row by row during `COPY` only costs.
+    fn staging_indexes(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "CREATE INDEX staged_products_external_id ON staged_products (external_id);
+                 CREATE INDEX staged_barcodes_barcode ON staged_barcodes (barcode, idx);"
+            }
+            Dialect::Postgres => "",
+        }
+    }
+
     /// Gives every new staged product its id, in stream order, and marks it created.
     fn allocate_new_product_ids(self) -> &'static str {
         match self {
@@ -146,23 +158,28 @@ pub(super) const STAGED_BARCODE_COLUMNS: &str = "staged_barcodes (idx, barcode)"
 // ---- checks of the batch alone, before the merge; `$1` = how many to report ----
 
 /// Later products of the batch whose external id an earlier product already used.
+/// Grouped rather than probed per row, so no staging index is needed for it.
 pub(super) const DUPLICATE_EXTERNAL_IDS: &str = "
-    SELECT s.idx, s.external_id,
-           (SELECT MIN(f.idx) FROM staged_products f WHERE f.external_id = s.external_id) AS first_idx
+    SELECT s.idx, s.external_id, repeated.first_idx
     FROM staged_products s
-    WHERE NOT s.skipped
-      AND EXISTS (SELECT 1 FROM staged_products d WHERE d.external_id = s.external_id AND d.idx < s.idx)
+    JOIN (SELECT external_id, MIN(idx) AS first_idx
+          FROM staged_products
+          GROUP BY external_id
+          HAVING COUNT(*) > 1) AS repeated ON repeated.external_id = s.external_id
+    WHERE NOT s.skipped AND s.idx > repeated.first_idx
     ORDER BY s.idx
     LIMIT $1";
 
 /// Later products of the batch that carry a barcode an earlier product already carries.
 pub(super) const BARCODES_SHARED_IN_BATCH: &str = "
-    SELECT b.idx, b.barcode,
-           (SELECT MIN(f.idx) FROM staged_barcodes f WHERE f.barcode = b.barcode) AS first_idx
+    SELECT b.idx, b.barcode, shared.first_idx
     FROM staged_barcodes b
+    JOIN (SELECT barcode, MIN(idx) AS first_idx
+          FROM staged_barcodes
+          GROUP BY barcode
+          HAVING COUNT(*) > 1) AS shared ON shared.barcode = b.barcode
     JOIN staged_products s ON s.idx = b.idx
-    WHERE NOT s.skipped
-      AND EXISTS (SELECT 1 FROM staged_barcodes d WHERE d.barcode = b.barcode AND d.idx < b.idx)
+    WHERE NOT s.skipped AND b.idx > shared.first_idx
     ORDER BY b.idx, b.barcode
     LIMIT $1";
 
@@ -364,13 +381,13 @@ impl Statements {
                      -- listed, so a clear never zeroes a product for a bad copy of it.
                      skipped     BOOLEAN NOT NULL DEFAULT FALSE
                  );
-                 CREATE INDEX staged_products_external_id ON staged_products (external_id);
                  CREATE TEMPORARY TABLE staged_barcodes (
                      idx     BIGINT NOT NULL,
                      barcode TEXT   NOT NULL
                  );
-                 CREATE INDEX staged_barcodes_barcode ON staged_barcodes (barcode, idx);",
+                 {indexes}",
                 key = dialect.staging_key(),
+                indexes = dialect.staging_indexes(),
             ),
             select_product_by_id: format!("SELECT {product_columns} FROM products p WHERE p.id = $1"),
             select_product_by_external_id: format!(
