@@ -303,7 +303,7 @@ macro_rules! merge_into_locked_store {
         } else {
             0
         };
-        sqlx::query(sql::DELETE_REPLACED_BARCODES)
+        sqlx::query($statements.delete_replaced_barcodes)
             .bind(store_id)
             .execute(&mut *$tx)
             .await?;

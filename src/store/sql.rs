@@ -87,6 +87,31 @@ impl Dialect {
         }
     }
 
+    /// Deletes the barcodes of matched products whose barcode set changes. Runs before the
+    /// products are updated, while `p.barcodes` still holds the old set.
+    fn delete_replaced_barcodes(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "DELETE FROM product_barcodes
+                 WHERE store_id = $1 AND product_id IN (
+                     SELECT p.id FROM staged_products s
+                     JOIN products p ON p.id = s.product_id
+                     WHERE NOT s.skipped AND s.barcodes IS NOT NULL
+                       AND s.barcodes IS DISTINCT FROM p.barcodes)"
+            }
+            // By the old barcodes themselves: the table keeps no index on product_id here.
+            Dialect::Postgres => {
+                "DELETE FROM product_barcodes pb
+                 USING (SELECT unnest(string_to_array(p.barcodes, ' ')) AS barcode
+                        FROM staged_products s
+                        JOIN products p ON p.id = s.product_id
+                        WHERE NOT s.skipped AND s.barcodes IS NOT NULL
+                          AND s.barcodes IS DISTINCT FROM p.barcodes) AS replaced
+                 WHERE pb.store_id = $1 AND pb.barcode = replaced.barcode"
+            }
+        }
+    }
+
     /// Indexes of the staging tables. SQLite joins by nested loops and needs them;
     /// PostgreSQL hash-joins, and maintaining them row by row during `COPY` only costs.
     fn staging_indexes(self) -> &'static str {
@@ -140,6 +165,7 @@ pub(super) struct Statements {
     pub allocate_new_product_ids: &'static str,
     pub index_resolved_products: Option<&'static str>,
     pub insert_new_products_with_barcodes: Option<&'static str>,
+    pub delete_replaced_barcodes: &'static str,
 }
 
 pub(super) static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
@@ -285,15 +311,6 @@ pub(super) const COUNT_LINKS: &str = "
     FROM staged_products s
     JOIN products p ON p.id = s.product_id
     WHERE NOT s.skipped AND p.external_id IS NULL AND s.external_id IS NOT NULL";
-
-/// Barcodes of matched products whose barcode set changes. Runs before the products are
-/// updated, while `p.barcodes` still holds the old set.
-pub(super) const DELETE_REPLACED_BARCODES: &str = "
-    DELETE FROM product_barcodes
-    WHERE store_id = $1 AND product_id IN (
-        SELECT p.id FROM staged_products s
-        JOIN products p ON p.id = s.product_id
-        WHERE NOT s.skipped AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes)";
 
 /// The new barcode sets of those same products (all replaced sets were deleted first, so a
 /// barcode moving between two of them collides with nothing).
@@ -459,6 +476,7 @@ impl Statements {
             allocate_new_product_ids: dialect.allocate_new_product_ids(),
             index_resolved_products: dialect.index_resolved_products(),
             insert_new_products_with_barcodes: dialect.insert_new_products_with_barcodes(),
+            delete_replaced_barcodes: dialect.delete_replaced_barcodes(),
         }
     }
 }
