@@ -209,11 +209,7 @@ mod limits {
             let status = client.sync(ReceiverStream::new(stream)).await.unwrap_err();
             assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
             drop(messages);
-            server
-                .activity
-                .wait_until(|now| now.syncs_in_flight == 0)
-                .await;
-            assert!(list(&mut client, STORE).await.is_empty());
+            assert_nothing_committed(&server, &mut client, STORE).await;
         })
         .await;
     }
@@ -284,11 +280,7 @@ mod limits {
             });
             let status = send(&mut client, stream).await.unwrap_err();
             assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
-            server
-                .activity
-                .wait_until(|now| now.syncs_in_flight == 0)
-                .await;
-            assert!(list(&mut client, STORE).await.is_empty());
+            assert_nothing_committed(&server, &mut client, STORE).await;
         })
         .await;
     }

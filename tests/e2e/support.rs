@@ -431,6 +431,22 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no sync is in flight, then checks that the store has no product at all.
+pub async fn assert_nothing_committed(
+    server: &TestServer,
+    client: &mut InventorySyncClient<Channel>,
+    store_id: i64,
+) {
+    server
+        .activity
+        .wait_until(|now| now.syncs_in_flight == 0)
+        .await;
+    assert!(
+        list(client, store_id).await.is_empty(),
+        "nothing was committed"
+    );
+}
+
 /// `(external_id, in_stock)` of every product of a store: a compact picture of its state.
 pub async fn stock(
     client: &mut InventorySyncClient<Channel>,
