@@ -65,10 +65,23 @@ impl From<StoreError> for Status {
     }
 }
 
-/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` detail naming every listed violation.
+/// How many bytes of violations go into the `BadRequest` detail. It travels base64-encoded
+/// in a trailer, and HTTP/2 clients refuse header blocks over 16 KiB by default (the whole
+/// answer would turn into a protocol error), so the detail stops short of that.
+const DETAIL_BUDGET: usize = 8 * 1024;
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` detail naming the listed violations,
+/// as many as fit in [`DETAIL_BUDGET`].
 pub(crate) fn invalid_argument(violations: &Violations) -> Status {
     let mut details = ErrorDetails::new();
+    let mut budget = DETAIL_BUDGET;
     for violation in violations.kept() {
+        // Each entry also costs a few bytes of protobuf framing.
+        let size = violation.field.len() + violation.description.len() + 8;
+        if size > budget {
+            break;
+        }
+        budget -= size;
         details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
     }
     Status::with_error_details(Code::InvalidArgument, violations.to_string(), details)

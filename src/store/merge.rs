@@ -210,8 +210,10 @@ fn in_stream_order(mut conflicts: Vec<BatchConflict>, limit: usize) -> Vec<Batch
 
 /// The merge after the store is locked: resolve, check, write, count, and commit (or roll
 /// back for a dry run or an abandoned sync). See [`super::sql`] for each statement.
+/// `$generation` is the store's sync generation read under the lock; `$resolved_at` the one
+/// as of which staging resolved products and marked them unchanged, if it did.
 macro_rules! merge_into_locked_store {
-    ($tx:ident, $statements:ident, $request:ident, $abandoned:ident) => {{
+    ($tx:ident, $statements:ident, $request:ident, $abandoned:ident, $generation:expr, $resolved_at:expr) => {{
         use $crate::store::merge::StoredConflictRows;
         use $crate::store::sql;
         use $crate::store::{MergeCounts, MergeOutcome, sql_limit};
@@ -221,15 +223,25 @@ macro_rules! merge_into_locked_store {
         let limit = sql_limit($request.max_conflicts);
         let by_barcode = $request.key == SyncKey::Barcode;
 
-        let resolve = if by_barcode {
-            sql::RESOLVE_BY_BARCODES
-        } else {
-            sql::RESOLVE_BY_EXTERNAL_ID
-        };
-        sqlx::query(resolve)
-            .bind(store_id)
-            .execute(&mut *$tx)
-            .await?;
+        if by_barcode {
+            sqlx::query(sql::RESOLVE_BY_BARCODES)
+                .bind(store_id)
+                .execute(&mut *$tx)
+                .await?;
+        } else if $resolved_at != Some($generation) {
+            // Another sync wrote to the store during the upload: what staging saw may be
+            // stale (products created since, marks no longer true).
+            sqlx::query($statements.stage_barcodes_of_unchanged)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query(sql::FORGET_UNCHANGED)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
+                .bind(store_id)
+                .execute(&mut *$tx)
+                .await?;
+        }
         if let Some(index) = $statements.index_resolved_products {
             sqlx::query(index).execute(&mut *$tx).await?;
         }
@@ -320,7 +332,7 @@ macro_rules! merge_into_locked_store {
         // The clear runs before new products exist, so it needs to tell apart only the
         // listed stored products (those resolved) from the unlisted ones.
         let cleared = if $request.clear {
-            sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS)
+            sqlx::query($statements.clear_unlisted_products)
                 .bind(store_id)
                 .bind($request.now)
                 .execute(&mut *$tx)
@@ -377,6 +389,12 @@ macro_rules! merge_into_locked_store {
             $tx.rollback().await?;
             return Ok(MergeOutcome::Abandoned);
         }
+        if created + updated + cleared > 0 {
+            sqlx::query(sql::ADVANCE_SYNC_GENERATION)
+                .bind(store_id)
+                .execute(&mut *$tx)
+                .await?;
+        }
         if $request.dry_run {
             $tx.rollback().await?;
         } else {
@@ -414,12 +432,34 @@ macro_rules! staging_common {
     ($database:ty, $statements:ident) => {
         pub(super) async fn open(
             pool: &sqlx::Pool<$database>,
+            store_id: i64,
+            key: $crate::sync::SyncKey,
         ) -> Result<Self, $crate::store::StoreError> {
             let mut connection = pool.acquire().await?;
             sqlx::raw_sql($statements.create_staging.as_str())
                 .execute(&mut *connection)
                 .await?;
-            Ok(Staging { connection })
+            let target = if key == $crate::sync::SyncKey::ExternalId {
+                // Read before the first lookup, so that a sync committing after it shows.
+                let (generation, has_products): (i64, bool) =
+                    sqlx::query_as($crate::store::sql::STAGING_START)
+                        .bind(store_id)
+                        .fetch_optional(&mut *connection)
+                        .await?
+                        .unwrap_or((0, false));
+                $crate::store::StagingTarget {
+                    store_id,
+                    resolved_at: Some(generation),
+                    look_up: has_products,
+                }
+            } else {
+                $crate::store::StagingTarget {
+                    store_id,
+                    resolved_at: None,
+                    look_up: false,
+                }
+            };
+            Ok(Staging::new(connection, pool, target))
         }
 
         async fn find_batch_conflicts(

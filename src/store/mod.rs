@@ -10,6 +10,7 @@ mod tokens;
 mod postgres;
 mod sql;
 mod sqlite;
+mod unchanged;
 
 pub use merge::{BatchConflict, MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest};
 pub use tokens::{NewToken, TokenRecord};
@@ -20,7 +21,7 @@ use std::str::FromStr;
 use futures::Stream;
 use sqlx::{PgPool, SqlitePool};
 
-use crate::sync::{ProductChange, StagedProduct};
+use crate::sync::{ProductChange, StagedProduct, SyncKey};
 
 /// Errors of the database layer. They carry SQL detail for the logs; the gRPC edge never
 /// shows them to clients.
@@ -179,11 +180,15 @@ impl Database {
         }
     }
 
-    /// Opens a staging area for one sync on a connection of its own.
-    pub async fn open_staging(&self) -> Result<Staging, StoreError> {
+    /// Opens a staging area for one sync of `store_id` on a connection of its own.
+    pub async fn open_staging(&self, store_id: i64, key: SyncKey) -> Result<Staging, StoreError> {
         match self {
-            Database::Sqlite(pool) => Ok(Staging::Sqlite(sqlite::Staging::open(pool).await?)),
-            Database::Postgres(pool) => Ok(Staging::Postgres(postgres::Staging::open(pool).await?)),
+            Database::Sqlite(pool) => Ok(Staging::Sqlite(
+                sqlite::Staging::open(pool, store_id, key).await?,
+            )),
+            Database::Postgres(pool) => Ok(Staging::Postgres(
+                postgres::Staging::open(pool, store_id, key).await?,
+            )),
         }
     }
 
@@ -405,6 +410,17 @@ impl Staging {
             Staging::Postgres(staging) => staging.close().await,
         }
     }
+}
+
+/// The store a staging area stages for, and what it resolves while staging.
+#[derive(Debug, Clone, Copy)]
+struct StagingTarget {
+    store_id: i64,
+    /// For an external-id sync: the store's sync generation when the upload began, as of
+    /// which staged products are resolved and marked unchanged (see `unchanged.rs`).
+    resolved_at: Option<i64>,
+    /// Look up each batch's stored products: an external-id sync of a store that has any.
+    look_up: bool,
 }
 
 /// The staged form of a product's optional text fields.

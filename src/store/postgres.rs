@@ -3,6 +3,7 @@
 //! transaction that holds the store's row lock.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use sqlx::pool::PoolConnection;
@@ -10,10 +11,15 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool, Postgres};
 
 use super::sql::{self, POSTGRES};
-use super::{BatchConflict, MergeOutcome, MergeRequest, StoreError, staged_barcodes};
+use super::unchanged::{self, StoredFields, StoredMatch};
+use super::{
+    BatchConflict, MergeOutcome, MergeRequest, StagingTarget, StoreError, staged_barcodes,
+};
 use crate::sync::StagedProduct;
 
 const MAX_CONNECTIONS: u32 = 16;
+/// How long staging waits for a connection to look up a batch's stored products.
+const LOOKUP_CONNECTION_WAIT: Duration = Duration::from_millis(500);
 
 pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     let pool = PgPoolOptions::new()
@@ -30,9 +36,52 @@ live_queries!(sqlx::Postgres, POSTGRES);
 /// The staging area of one sync on PostgreSQL.
 pub struct Staging {
     connection: PoolConnection<Postgres>,
+    /// Lookups of stored products run on other connections while the `COPY` is open.
+    pool: PgPool,
+    target: StagingTarget,
 }
 
 impl Staging {
+    fn new(connection: PoolConnection<Postgres>, pool: &PgPool, target: StagingTarget) -> Self {
+        Staging {
+            connection,
+            pool: pool.clone(),
+            target,
+        }
+    }
+
+    /// The stored products of a batch, matched to its products, on a connection borrowed
+    /// for the lookup. Should none come free soon (every connection busy), staging goes on
+    /// without lookups: they only save work, and the merge resolves what they did not.
+    async fn look_up(
+        pool: &PgPool,
+        target: &mut StagingTarget,
+        products: &[StagedProduct],
+    ) -> Result<Vec<Option<StoredMatch>>, StoreError> {
+        let unmatched = || vec![None; products.len()];
+        if !target.look_up {
+            return Ok(unmatched());
+        }
+        let Ok(connection) = tokio::time::timeout(LOOKUP_CONNECTION_WAIT, pool.acquire()).await
+        else {
+            tracing::warn!("no database connection free for lookups; staging without them");
+            target.look_up = false;
+            target.resolved_at = None;
+            return Ok(unmatched());
+        };
+        let mut connection = connection?;
+        let statement = format!(
+            "{} WHERE store_id = $1 AND external_id = ANY($2)",
+            POSTGRES.select_stored_fields
+        );
+        let stored: Vec<StoredFields> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(target.store_id)
+            .bind(unchanged::external_ids(products))
+            .fetch_all(&mut *connection)
+            .await?;
+        Ok(unchanged::match_batch(products, stored))
+    }
+
     /// Streams every batch into `staged_products` through one `COPY`, open for the whole
     /// upload: one round trip per batch and none to wait for. (Each short `COPY` would end
     /// with a small write that waits out delayed acknowledgements.) Barcodes travel in the
@@ -50,10 +99,14 @@ impl Staging {
         };
         let statement = format!("COPY {} FROM STDIN", sql::STAGED_PRODUCT_COLUMNS);
         let mut copy = self.connection.copy_in_raw(&statement).await?;
-        copy.send(copy_rows(&first).buffer.into_bytes()).await?;
+        let matches = Self::look_up(&self.pool, &mut self.target, &first).await?;
+        copy.send(copy_rows(&first, &matches).buffer.into_bytes())
+            .await?;
         while let Some(batch) = batches.next().await {
             if !batch.is_empty() {
-                copy.send(copy_rows(&batch).buffer.into_bytes()).await?;
+                let matches = Self::look_up(&self.pool, &mut self.target, &batch).await?;
+                copy.send(copy_rows(&batch, &matches).buffer.into_bytes())
+                    .await?;
             }
         }
         copy.finish().await?;
@@ -67,7 +120,7 @@ impl Staging {
         sqlx::raw_sql(
             "INSERT INTO staged_barcodes (idx, barcode)
                  SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
-                 WHERE barcodes IS NOT NULL;
+                 WHERE barcodes IS NOT NULL AND NOT unchanged;
              ANALYZE staged_products;
              ANALYZE staged_barcodes;",
         )
@@ -94,20 +147,27 @@ impl Staging {
             .bind(request.now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::LOCK_STORE)
+        let generation: i64 = sqlx::query_scalar(sql::LOCK_STORE)
             .bind(request.store_id)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-        merge_into_locked_store!(tx, POSTGRES, request, abandoned)
+        merge_into_locked_store!(
+            tx,
+            POSTGRES,
+            request,
+            abandoned,
+            generation,
+            self.target.resolved_at
+        )
     }
 
     staging_common!(sqlx::Postgres, POSTGRES);
 }
 
 /// The staged rows of a batch in `COPY` text format.
-fn copy_rows(products: &[StagedProduct]) -> CopyText {
+fn copy_rows(products: &[StagedProduct], matches: &[Option<StoredMatch>]) -> CopyText {
     let mut rows = CopyText::default();
-    for product in products {
+    for (product, stored) in products.iter().zip(matches) {
         let change = &product.change;
         rows.int(Some(product.index as i64));
         rows.text(change.external_id.as_deref());
@@ -120,6 +180,8 @@ fn copy_rows(products: &[StagedProduct]) -> CopyText {
         rows.float(change.proof);
         rows.int(change.category.map(|category| i64::from(category.code())));
         rows.boolean(product.skipped);
+        rows.int(stored.map(|stored| stored.product_id));
+        rows.boolean(stored.is_some_and(|stored| stored.unchanged));
         rows.end_row();
     }
     rows

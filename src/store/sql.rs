@@ -6,7 +6,9 @@
 //! (`staged_products`, `staged_barcodes`) and merges them into the live tables in one
 //! transaction:
 //! 1. resolve: each staged product learns the id of the live product it is (by external id or
-//!    by barcodes), or stays unresolved if it is new;
+//!    by barcodes), or stays unresolved if it is new. An external-id sync resolves while it
+//!    stages and marks the products sent exactly as stored `unchanged`; those take no part
+//!    in the checks and writes below (see `unchanged.rs`);
 //! 2. check: conflicts with stored products refuse the whole sync;
 //! 3. write: replaced barcodes, changed products, new products (with ids drawn in stream
 //!    order), their barcodes, and the clear; each statement's row count is a count of the
@@ -15,6 +17,7 @@
 //! Merge statements bind `$1` = store id; those that write a timestamp bind `$2` = the
 //! sync's time; those that report conflicts bind their last parameter = how many.
 
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 /// What differs between the backends' SQL.
@@ -79,9 +82,10 @@ impl Dialect {
         match self {
             // Without it SQLite updates the live table row by row, scanning the staged
             // products for each: quadratic in the size of a re-sync.
-            Dialect::Sqlite => {
-                Some("CREATE INDEX staged_products_product_id ON staged_products (product_id)")
-            }
+            Dialect::Sqlite => Some(
+                "CREATE INDEX staged_products_product_id ON staged_products (product_id)
+                     WHERE NOT unchanged",
+            ),
             // PostgreSQL hash-joins on it; an index would only cost.
             Dialect::Postgres => None,
         }
@@ -96,7 +100,7 @@ impl Dialect {
                  WHERE store_id = $1 AND product_id IN (
                      SELECT p.id FROM staged_products s
                      JOIN products p ON p.id = s.product_id
-                     WHERE NOT s.skipped AND s.barcodes IS NOT NULL
+                     WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
                        AND s.barcodes IS DISTINCT FROM p.barcodes)"
             }
             // By the old barcodes themselves: the table keeps no index on product_id here.
@@ -105,9 +109,83 @@ impl Dialect {
                  USING (SELECT unnest(string_to_array(p.barcodes, ' ')) AS barcode
                         FROM staged_products s
                         JOIN products p ON p.id = s.product_id
-                        WHERE NOT s.skipped AND s.barcodes IS NOT NULL
+                        WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
                           AND s.barcodes IS DISTINCT FROM p.barcodes) AS replaced
                  WHERE pb.store_id = $1 AND pb.barcode = replaced.barcode"
+            }
+        }
+    }
+
+    /// Splits the barcodes of the products marked unchanged into `staged_barcodes` (they
+    /// were left out while staging, and the marks are being dropped).
+    fn stage_barcodes_of_unchanged(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "WITH RECURSIVE split (idx, barcode, rest) AS (
+                     SELECT idx, '', barcodes || ' ' FROM staged_products
+                     WHERE unchanged AND barcodes IS NOT NULL
+                     UNION ALL
+                     SELECT idx, substr(rest, 1, instr(rest, ' ') - 1),
+                            substr(rest, instr(rest, ' ') + 1)
+                     FROM split WHERE rest <> '')
+                 INSERT INTO staged_barcodes (idx, barcode)
+                 SELECT idx, barcode FROM split WHERE barcode <> ''"
+            }
+            Dialect::Postgres => {
+                "INSERT INTO staged_barcodes (idx, barcode)
+                 SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
+                 WHERE unchanged AND barcodes IS NOT NULL"
+            }
+        }
+    }
+
+    /// Whether staged product `staged` changes stored product `stored`: a field the POS
+    /// leaves out changes nothing, a sent field that differs does, and so does a first
+    /// external id (barcode sync). `unchanged.rs` states the same test in Rust.
+    fn differs(self, staged: &str, stored: &str) -> String {
+        let price = self.price_as_text(&format!("{stored}.price"));
+        let mut test = format!(
+            "(({staged}.external_id IS NOT NULL AND {stored}.external_id IS NULL) \
+             OR ({staged}.price IS NOT NULL AND {staged}.price IS DISTINCT FROM {price})"
+        );
+        for column in [
+            "barcodes",
+            "in_stock",
+            "name",
+            "unit_size",
+            "abv",
+            "proof",
+            "category",
+        ] {
+            write!(
+                test,
+                " OR ({staged}.{column} IS NOT NULL \
+                 AND {staged}.{column} IS DISTINCT FROM {stored}.{column})"
+            )
+            .expect("writing to a String cannot fail");
+        }
+        test.push(')');
+        test
+    }
+
+    /// Sets every product of the store that this sync did not list out of stock.
+    fn clear_unlisted_products(self) -> &'static str {
+        match self {
+            // SQLite builds the listed ids into one temporary index and probes it.
+            Dialect::Sqlite => {
+                "UPDATE products SET in_stock = 0, updated_at = $2
+                 WHERE store_id = $1
+                   AND (in_stock IS NULL OR in_stock <> 0)
+                   AND id NOT IN (SELECT product_id FROM staged_products
+                                  WHERE product_id IS NOT NULL)"
+            }
+            // PostgreSQL runs NOT IN as a hashed subplan only while the ids fit in work_mem,
+            // and otherwise rescans them for every product; an anti-join has no such cliff.
+            Dialect::Postgres => {
+                "UPDATE products SET in_stock = 0, updated_at = $2
+                 WHERE store_id = $1
+                   AND (in_stock IS NULL OR in_stock <> 0)
+                   AND NOT EXISTS (SELECT 1 FROM staged_products s WHERE s.product_id = products.id)"
             }
         }
     }
@@ -166,6 +244,13 @@ pub(super) struct Statements {
     pub index_resolved_products: Option<&'static str>,
     pub insert_new_products_with_barcodes: Option<&'static str>,
     pub delete_replaced_barcodes: &'static str,
+    pub stage_barcodes_of_unchanged: &'static str,
+    pub clear_unlisted_products: &'static str,
+    /// See [`STAGED_BATCH`].
+    pub stage_compared: String,
+    /// The start of the lookup of a batch's stored products: the columns of
+    /// [`super::unchanged::StoredFields`] `FROM products`; each backend adds its filter.
+    pub select_stored_fields: String,
 }
 
 pub(super) static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
@@ -177,9 +262,21 @@ pub(super) const DROP_STAGING: &str = "
     DROP TABLE IF EXISTS staged_barcodes;
 ";
 
-pub(super) const STAGED_PRODUCT_COLUMNS: &str = "staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped)";
+pub(super) const STAGED_PRODUCT_COLUMNS: &str = "staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped, product_id, unchanged)";
 
 pub(super) const STAGED_BARCODE_COLUMNS: &str = "staged_barcodes (idx, barcode)";
+
+/// SQLite stages a batch of a store that has products by joining it with them as it
+/// inserts (see `unchanged.rs`): `WITH batch (…) AS (VALUES …)` and then
+/// [`Statements::stage_compared`], followed by the bound store id.
+pub(super) const STAGED_BATCH: &str = "WITH batch (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped) AS (";
+
+/// The barcodes of such a batch: `WITH batch (…) AS (VALUES …)`, then this.
+pub(super) const STAGED_BATCH_BARCODES: &str = "WITH batch (idx, barcode) AS (";
+pub(super) const STAGE_CHANGED_BARCODES: &str = ")
+    INSERT INTO staged_barcodes (idx, barcode)
+    SELECT b.idx, b.barcode FROM batch b JOIN staged_products s ON s.idx = b.idx
+    WHERE NOT s.unchanged";
 
 // ---- checks of the batch alone, before the merge; `$1` = how many to report ----
 
@@ -222,14 +319,34 @@ pub(super) const ENSURE_STORE: &str =
     "INSERT INTO stores (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
 
 /// Holds the store's row until commit, so two syncs of one store never interleave, on any
-/// replica. A plain row lock: portable to distributed PostgreSQL-compatible engines.
-pub(super) const LOCK_STORE: &str = "SELECT id FROM stores WHERE id = $1 FOR UPDATE";
+/// replica, and reads its sync generation. A plain row lock: portable to distributed
+/// PostgreSQL-compatible engines.
+pub(super) const LOCK_STORE: &str = "SELECT sync_generation FROM stores WHERE id = $1 FOR UPDATE";
+
+/// The store's sync generation, and whether it has products at all. Read when an upload
+/// begins; a store that is missing is at generation 0 and empty.
+pub(super) const STAGING_START: &str = "
+    SELECT s.sync_generation, EXISTS (SELECT 1 FROM products p WHERE p.store_id = s.id)
+    FROM stores s WHERE s.id = $1";
+
+/// The store's sync generation, read under SQLite's write lock.
+pub(super) const SYNC_GENERATION: &str = "SELECT sync_generation FROM stores WHERE id = $1";
+
+/// Counts a sync that wrote to the store's products.
+pub(super) const ADVANCE_SYNC_GENERATION: &str =
+    "UPDATE stores SET sync_generation = sync_generation + 1 WHERE id = $1";
+
+/// Another sync wrote to the store while this one uploaded: the unchanged marks may be
+/// stale, so every product is checked again.
+pub(super) const FORGET_UNCHANGED: &str =
+    "UPDATE staged_products SET unchanged = FALSE WHERE unchanged";
 
 /// External-id sync: a staged product is the live product with its external id.
 pub(super) const RESOLVE_BY_EXTERNAL_ID: &str = "
     UPDATE staged_products SET product_id = p.id
     FROM products p
-    WHERE p.store_id = $1 AND p.external_id = staged_products.external_id";
+    WHERE p.store_id = $1 AND p.external_id = staged_products.external_id
+      AND staged_products.product_id IS NULL";
 
 /// Barcode sync: a staged product is the live product that owns one of its barcodes (the
 /// lowest id, should they point at several: that is refused by the checks below).
@@ -242,18 +359,21 @@ pub(super) const RESOLVE_BY_BARCODES: &str = "
     WHERE staged_products.idx = owners.idx";
 
 /// External-id sync: a staged barcode owned by another stored product that keeps its
-/// barcodes through this sync. Rows: (idx, barcode, owner's external id).
+/// barcodes through this sync. Rows: (idx, barcode, owner's external id). SQLite joins in
+/// the order written with CROSS JOIN: from the staged barcodes (those of changed products
+/// only), never from the store's.
 pub(super) const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
     SELECT s.idx, b.barcode, p.external_id
     FROM staged_barcodes b
-    JOIN staged_products s ON s.idx = b.idx
-    JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
-    JOIN products p ON p.id = pb.product_id
-    WHERE NOT s.skipped
+    CROSS JOIN staged_products s
+    CROSS JOIN product_barcodes pb
+    CROSS JOIN products p
+    WHERE s.idx = b.idx AND pb.store_id = $1 AND pb.barcode = b.barcode AND p.id = pb.product_id
+      AND NOT s.skipped
       AND (s.product_id IS NULL OR pb.product_id <> s.product_id)
       AND NOT EXISTS (
           SELECT 1 FROM staged_products o
-          WHERE o.product_id = pb.product_id AND o.barcodes IS NOT NULL)
+          WHERE o.product_id = pb.product_id AND o.barcodes IS NOT NULL AND NOT o.unchanged)
     ORDER BY s.idx, b.barcode
     LIMIT $2";
 
@@ -320,7 +440,8 @@ pub(super) const INSERT_REPLACEMENT_BARCODES: &str = "
     FROM staged_products s
     JOIN products p ON p.id = s.product_id
     JOIN staged_barcodes b ON b.idx = s.idx
-    WHERE NOT s.skipped AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes";
+    WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
+      AND s.barcodes IS DISTINCT FROM p.barcodes";
 
 /// How many products this sync creates.
 pub(super) const COUNT_NEW_PRODUCTS: &str =
@@ -337,13 +458,6 @@ pub(super) const INSERT_NEW_PRODUCT_BARCODES: &str = "
 /// The store's products in stock before the sync: the base of the mass-clear guard.
 pub(super) const COUNT_IN_STOCK: &str =
     "SELECT COUNT(*) FROM products WHERE store_id = $1 AND in_stock > 0";
-
-/// Sets every product of the store that this sync did not list out of stock.
-pub(super) const CLEAR_UNLISTED_PRODUCTS: &str = "
-    UPDATE products SET in_stock = 0, updated_at = $2
-    WHERE store_id = $1
-      AND (in_stock IS NULL OR in_stock <> 0)
-      AND id NOT IN (SELECT product_id FROM staged_products WHERE product_id IS NOT NULL)";
 
 // ---- the matching queue; `$1` = product id ----
 
@@ -374,7 +488,6 @@ impl Statements {
             price = dialect.price_as_text("p.price"),
         );
         let staged_price = dialect.text_as_price("s.price");
-        let stored_price_text = dialect.price_as_text("products.price");
 
         Statements {
             create_staging: format!(
@@ -394,6 +507,9 @@ impl Statements {
                      -- Resolved in the merge: the live product this one is or becomes.
                      product_id  BIGINT,
                      created     BOOLEAN NOT NULL DEFAULT FALSE,
+                     -- Sent exactly as stored, as of the sync generation read when the
+                     -- upload began (see `unchanged.rs`): no check or write needs it.
+                     unchanged   BOOLEAN NOT NULL DEFAULT FALSE,
                      -- Rejected (skip_invalid): it writes nothing, but its key counts as
                      -- listed, so a clear never zeroes a product for a bad copy of it.
                      skipped     BOOLEAN NOT NULL DEFAULT FALSE
@@ -406,7 +522,9 @@ impl Statements {
                 key = dialect.staging_key(),
                 indexes = dialect.staging_indexes(),
             ),
-            select_product_by_id: format!("SELECT {product_columns} FROM products p WHERE p.id = $1"),
+            select_product_by_id: format!(
+                "SELECT {product_columns} FROM products p WHERE p.id = $1"
+            ),
             select_product_by_external_id: format!(
                 "SELECT {product_columns} FROM products p WHERE p.store_id = $1 AND p.external_id = $2"
             ),
@@ -438,6 +556,8 @@ impl Statements {
             // Only rows whose stored data really changes are written, so the affected row
             // count is the `updated` count and a re-sync of unchanged data writes nothing.
             // A barcode sync may give a product its first external id (never another one).
+            // The unary `+` keeps SQLite from driving the join from the store's index, which
+            // visits every product of the store; it drives from the staged rows instead.
             update_changed_products: format!(
                 "UPDATE products SET
                     external_id = COALESCE(products.external_id, s.external_id),
@@ -451,16 +571,10 @@ impl Statements {
                     category  = COALESCE(s.category, products.category),
                     updated_at = $2
                  FROM staged_products s
-                 WHERE products.store_id = $1 AND products.id = s.product_id AND NOT s.skipped
-                   AND (   (s.external_id IS NOT NULL AND products.external_id IS NULL)
-                        OR (s.barcodes  IS NOT NULL AND s.barcodes  IS DISTINCT FROM products.barcodes)
-                        OR (s.in_stock  IS NOT NULL AND s.in_stock  IS DISTINCT FROM products.in_stock)
-                        OR (s.price     IS NOT NULL AND s.price     IS DISTINCT FROM {stored_price_text})
-                        OR (s.name      IS NOT NULL AND s.name      IS DISTINCT FROM products.name)
-                        OR (s.unit_size IS NOT NULL AND s.unit_size IS DISTINCT FROM products.unit_size)
-                        OR (s.abv       IS NOT NULL AND s.abv       IS DISTINCT FROM products.abv)
-                        OR (s.proof     IS NOT NULL AND s.proof     IS DISTINCT FROM products.proof)
-                        OR (s.category  IS NOT NULL AND s.category  IS DISTINCT FROM products.category))"
+                 WHERE +products.store_id = $1 AND products.id = s.product_id
+                   AND NOT s.skipped AND NOT s.unchanged
+                   AND {differs}",
+                differs = dialect.differs("s", "products"),
             ),
             // New products enter the matching queue as pending (match_status 1).
             insert_new_products: format!(
@@ -477,6 +591,23 @@ impl Statements {
             index_resolved_products: dialect.index_resolved_products(),
             insert_new_products_with_barcodes: dialect.insert_new_products_with_barcodes(),
             delete_replaced_barcodes: dialect.delete_replaced_barcodes(),
+            stage_barcodes_of_unchanged: dialect.stage_barcodes_of_unchanged(),
+            clear_unlisted_products: dialect.clear_unlisted_products(),
+            stage_compared: format!(
+                ")
+                 INSERT INTO {STAGED_PRODUCT_COLUMNS}
+                 SELECT s.idx, s.external_id, s.barcodes, s.in_stock, s.price, s.name,
+                        s.unit_size, s.abv, s.proof, s.category, s.skipped, p.id,
+                        p.id IS NOT NULL AND NOT s.skipped AND NOT {differs}
+                 FROM batch s
+                 LEFT JOIN products p ON p.external_id = s.external_id AND p.store_id = ",
+                differs = dialect.differs("s", "p"),
+            ),
+            select_stored_fields: format!(
+                "SELECT id, external_id, barcodes, in_stock, {price} AS price, name, unit_size, \
+                 abv, proof, category FROM products",
+                price = dialect.price_as_text("price"),
+            ),
         }
     }
 }

@@ -11,13 +11,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
 
 use super::sql::{self, SQLITE};
-use super::{BatchConflict, MergeOutcome, MergeRequest, StoreError, staged_barcodes};
+use super::{
+    BatchConflict, MergeOutcome, MergeRequest, StagingTarget, StoreError, staged_barcodes,
+};
 use crate::sync::StagedProduct;
 
 /// How long a writer waits for another writer's merge before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_CONNECTIONS: u32 = 16;
-/// Products per INSERT while staging; 10 parameters each stays far below SQLite's limit.
+/// Products per INSERT while staging; 13 parameters each stays far below SQLite's limit.
 const PRODUCTS_PER_INSERT: usize = 500;
 /// Barcodes per INSERT while staging; 2 parameters each.
 const BARCODES_PER_INSERT: usize = 2_000;
@@ -31,6 +33,13 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true);
+    let options = match std::env::var("XP_PRAGMAS") {
+        Ok(list) => list.split(',').fold(options, |o, kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            o.pragma(k.to_owned(), v.to_owned())
+        }),
+        Err(_) => options,
+    };
     let pool = SqlitePoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .connect_with(options)
@@ -45,9 +54,16 @@ live_queries!(sqlx::Sqlite, SQLITE);
 /// The staging area of one sync on SQLite.
 pub struct Staging {
     connection: PoolConnection<Sqlite>,
+    target: StagingTarget,
 }
 
 impl Staging {
+    /// Lookups share the staging connection: reading the live file next to the temporary
+    /// one costs no lock that matters in WAL mode.
+    fn new(connection: PoolConnection<Sqlite>, _pool: &SqlitePool, target: StagingTarget) -> Self {
+        Staging { connection, target }
+    }
+
     pub(super) async fn stage_all(
         &mut self,
         mut batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
@@ -61,12 +77,18 @@ impl Staging {
     }
 
     async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
+        let compare = self.target.look_up;
         // One transaction per batch: a journal sync per batch instead of per statement.
         // It is a transaction of the temporary database only.
         let mut tx = self.connection.begin().await?;
         for chunk in products.chunks(PRODUCTS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
-            insert.push(sql::STAGED_PRODUCT_COLUMNS).push(" ");
+            let mut insert = if compare {
+                QueryBuilder::<Sqlite>::new(sql::STAGED_BATCH)
+            } else {
+                let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
+                insert.push(sql::STAGED_PRODUCT_COLUMNS).push(" ");
+                insert
+            };
             insert.push_values(chunk, |mut row, product| {
                 let change = &product.change;
                 row.push_bind(product.index as i64)
@@ -80,7 +102,15 @@ impl Staging {
                     .push_bind(change.proof)
                     .push_bind(change.category.map(|category| category.code()))
                     .push_bind(product.skipped);
+                if !compare {
+                    row.push_bind(None::<i64>).push_bind(false);
+                }
             });
+            if compare {
+                insert
+                    .push(&SQLITE.stage_compared)
+                    .push_bind(self.target.store_id);
+            }
             insert.build().execute(&mut *tx).await?;
         }
         let barcodes: Vec<(i64, &str)> = products
@@ -96,11 +126,21 @@ impl Staging {
             })
             .collect();
         for chunk in barcodes.chunks(BARCODES_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
-            insert.push(sql::STAGED_BARCODE_COLUMNS).push(" ");
+            // The barcodes of unchanged products take no part in the checks (see
+            // `unchanged.rs`); the merge splits them out should the marks be dropped.
+            let mut insert = if compare {
+                QueryBuilder::<Sqlite>::new(sql::STAGED_BATCH_BARCODES)
+            } else {
+                let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
+                insert.push(sql::STAGED_BARCODE_COLUMNS).push(" ");
+                insert
+            };
             insert.push_values(chunk, |mut row, (index, barcode)| {
                 row.push_bind(*index).push_bind(barcode.to_string());
             });
+            if compare {
+                insert.push(sql::STAGE_CHANGED_BARCODES);
+            }
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -127,7 +167,18 @@ impl Staging {
             .bind(request.now)
             .execute(&mut *tx)
             .await?;
-        merge_into_locked_store!(tx, SQLITE, request, abandoned)
+        let generation: i64 = sqlx::query_scalar(sql::SYNC_GENERATION)
+            .bind(request.store_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        merge_into_locked_store!(
+            tx,
+            SQLITE,
+            request,
+            abandoned,
+            generation,
+            self.target.resolved_at
+        )
     }
 
     staging_common!(sqlx::Sqlite, SQLITE);

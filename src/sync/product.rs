@@ -135,6 +135,15 @@ impl fmt::Display for Price {
 pub struct Barcodes(Vec<String>);
 
 impl Barcodes {
+    /// Barcodes known to be valid, sorted and without repeats (for tests of the layers
+    /// that take validated products).
+    #[cfg(test)]
+    pub(crate) fn new(mut barcodes: Vec<String>) -> Self {
+        barcodes.sort();
+        barcodes.dedup();
+        Barcodes(barcodes)
+    }
+
     /// The barcodes in their stored order (sorted).
     pub fn as_slice(&self) -> &[String] {
         &self.0

@@ -68,7 +68,7 @@ impl SyncEngine {
         };
         let staging = self
             .database
-            .open_staging()
+            .open_staging(options.store_id, options.key)
             .instrument(span.clone())
             .await?;
         let (commands, queue) = mpsc::channel(STAGING_QUEUE_DEPTH);

@@ -61,6 +61,36 @@ backend_tests! {
         );
     }
 
+    async fn a_resent_stored_state_still_wins_over_a_sync_committed_during_its_upload(server) {
+        // The first sync resends what is stored, so while uploading it finds nothing to
+        // change; a second sync then changes those products and commits before the first
+        // one merges. Serially (second, then first) the first sync's values are the last
+        // written, so it must write them after all.
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![stocked("a", 1), stocked("b", 1)]).await.unwrap();
+
+        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
+        let mut call_client = client.clone();
+        let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
+        let resent = vec![stocked("a", 1), stocked("b", 1)];
+        messages.send(pb::SyncRequest { header: Some(header(STORE)), products: resent }).await.unwrap();
+        messages.send(pb::SyncRequest { header: None, products: vec![stocked("c", 1)] }).await.unwrap();
+        // The worker takes the second batch only once the first is staged.
+        server.activity.wait_until(|now| now.products_in_flight >= 3).await;
+
+        let meanwhile = vec![stocked("a", 7), stocked("b", 7)];
+        let second = sync(&mut client, header(STORE), meanwhile).await.unwrap();
+        assert_eq!(second.updated, 2);
+
+        drop(messages);
+        let first = call.await.unwrap().unwrap().into_inner();
+        assert_eq!((first.created, first.updated, first.unchanged), (1, 2, 0));
+        assert_eq!(
+            stock(&mut client, STORE).await,
+            vec![("a".into(), Some(1)), ("b".into(), Some(1)), ("c".into(), Some(1))]
+        );
+    }
+
     async fn concurrent_syncs_of_different_stores_do_not_touch_each_other(server) {
         let mut tasks = Vec::new();
         for store in 1..=8 {

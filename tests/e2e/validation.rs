@@ -192,6 +192,26 @@ backend_tests! {
         assert_eq!(fields[99], "products[99].in_stock");
         assert!(status.message().contains("500 problems"), "{}", status.message());
     }
+
+    async fn a_refusal_with_a_hundred_long_problems_still_reaches_the_client(server) {
+        // Each conflict names the stored owner's external id (128 characters here): a
+        // hundred of them would overflow the trailer a client accepts, were the detail not
+        // cut short.
+        let mut client = server.client().await;
+        let owner = |n: usize| format!("{n:0>128}");
+        let stored: Vec<_> = (0..150).map(|n| coded(&owner(n), &[&format!("{n:08}")], 1)).collect();
+        sync(&mut client, header(STORE), stored).await.unwrap();
+        let before = list(&mut client, STORE).await;
+
+        let thieves: Vec<_> = (0..150).map(|n| coded(&format!("t{n}"), &[&format!("{n:08}")], 1)).collect();
+        let status = sync(&mut client, header(STORE), thieves).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        let fields = violated_fields(&status);
+        assert!(!fields.is_empty() && fields.len() < 100, "{} violations in the detail", fields.len());
+        assert_eq!(fields[0], "products[0].barcodes");
+        assert!(status.message().contains("100 problems"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
 }
 
 mod limits {

@@ -1,0 +1,214 @@
+//! Spotting, while a sync uploads, the products it sends exactly as they are stored.
+//!
+//! Most of a periodic re-sync repeats what is stored. An external-id sync of a store that
+//! has products looks up each batch's stored products as it stages the batch, and stages
+//! each product with the id it resolves to and whether it would change anything. The merge
+//! then leaves the unchanged ones out of every check and write, instead of joining a whole
+//! store's rows to find that nothing differs. SQLite compares in the staging INSERT itself
+//! (`sql::Dialect::differs`); PostgreSQL stages through `COPY`, which cannot join, so the
+//! comparison below runs on the rows a lookup returns.
+//!
+//! The marks hold only while no other sync writes to the store. Staging reads the store's
+//! `sync_generation` before its first lookup; the merge reads it again under the store's
+//! lock, and if another sync committed in between it drops the marks and checks every
+//! product as if none had been made.
+
+use std::collections::HashMap;
+
+use crate::sync::{ProductChange, StagedProduct};
+
+/// The fields of a stored product that a sync compares and may change.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub(super) struct StoredFields {
+    pub id: i64,
+    pub external_id: Option<String>,
+    /// Sorted barcodes joined by single spaces, as staged.
+    pub barcodes: Option<String>,
+    pub in_stock: Option<i64>,
+    /// Exact decimal text, as staged.
+    pub price: Option<String>,
+    pub name: Option<String>,
+    pub unit_size: Option<String>,
+    pub abv: Option<f64>,
+    pub proof: Option<f64>,
+    pub category: i32,
+}
+
+/// What staging learned of a product from the stored product with its external id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StoredMatch {
+    pub product_id: i64,
+    /// Writing the product would change nothing.
+    pub unchanged: bool,
+}
+
+/// Whether writing `change` over `stored` changes nothing. This is the negation of the
+/// merge's test for a changed row (`update_changed_products`): a field the POS leaves out
+/// changes nothing, and a sent field changes the row when it differs from the stored one.
+pub(super) fn is_unchanged(change: &ProductChange, stored: &StoredFields) -> bool {
+    fn same<T: PartialEq>(sent: Option<T>, stored: Option<T>) -> bool {
+        sent.is_none() || sent == stored
+    }
+    let gains_external_id = change.external_id.is_some() && stored.external_id.is_none();
+    !gains_external_id
+        && same(
+            change.barcodes.as_ref().map(|barcodes| barcodes.joined()),
+            stored.barcodes.clone(),
+        )
+        && same(change.in_stock, stored.in_stock)
+        && same(
+            change.price.as_ref().map(|price| price.as_str()),
+            stored.price.as_deref(),
+        )
+        && same(change.name.as_deref(), stored.name.as_deref())
+        && same(change.unit_size.as_deref(), stored.unit_size.as_deref())
+        && same(change.abv, stored.abv)
+        && same(change.proof, stored.proof)
+        && same(
+            change.category.map(|category| category.code()),
+            Some(stored.category),
+        )
+}
+
+/// Matches each product of a batch with the stored product of its external id, given the
+/// stored products found for the batch's external ids.
+pub(super) fn match_batch(
+    products: &[StagedProduct],
+    stored: Vec<StoredFields>,
+) -> Vec<Option<StoredMatch>> {
+    let by_external_id: HashMap<String, StoredFields> = stored
+        .into_iter()
+        .filter_map(|fields| Some((fields.external_id.clone()?, fields)))
+        .collect();
+    products
+        .iter()
+        .map(|product| {
+            let stored = by_external_id.get(product.change.external_id.as_ref()?)?;
+            Some(StoredMatch {
+                product_id: stored.id,
+                // A skipped product writes nothing anyway; leave it to the usual path.
+                unchanged: !product.skipped && is_unchanged(&product.change, stored),
+            })
+        })
+        .collect()
+}
+
+/// The external ids of a batch, for the lookup of its stored products.
+pub(super) fn external_ids(products: &[StagedProduct]) -> Vec<&str> {
+    products
+        .iter()
+        .filter_map(|product| product.change.external_id.as_deref())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::{Barcodes, Category, Price};
+
+    fn stored() -> StoredFields {
+        StoredFields {
+            id: 7,
+            external_id: Some("sku-1".to_owned()),
+            barcodes: Some("111 222".to_owned()),
+            in_stock: Some(4),
+            price: Some("12.50".to_owned()),
+            name: Some("Merlot".to_owned()),
+            unit_size: Some("750ML".to_owned()),
+            abv: Some(13.5),
+            proof: None,
+            category: Category::Wine.code(),
+        }
+    }
+
+    fn same_as_stored() -> ProductChange {
+        ProductChange {
+            external_id: Some("sku-1".to_owned()),
+            barcodes: Some(Barcodes::new(vec!["222".to_owned(), "111".to_owned()])),
+            in_stock: Some(4),
+            price: Some(Price::parse("12.50").unwrap()),
+            name: Some("Merlot".to_owned()),
+            unit_size: Some("750ML".to_owned()),
+            abv: Some(13.5),
+            proof: None,
+            category: Some(Category::Wine),
+        }
+    }
+
+    #[test]
+    fn a_product_sent_as_stored_is_unchanged() {
+        assert!(is_unchanged(&same_as_stored(), &stored()));
+    }
+
+    #[test]
+    fn fields_left_out_change_nothing() {
+        let change = ProductChange {
+            external_id: Some("sku-1".to_owned()),
+            barcodes: None,
+            in_stock: None,
+            price: None,
+            name: None,
+            unit_size: None,
+            abv: None,
+            proof: None,
+            category: None,
+        };
+        assert!(is_unchanged(&change, &stored()));
+    }
+
+    #[test]
+    fn any_sent_field_that_differs_is_a_change() {
+        let changes: Vec<Box<dyn Fn(&mut ProductChange)>> = vec![
+            Box::new(|c| c.barcodes = Some(Barcodes::new(vec!["111".to_owned()]))),
+            Box::new(|c| c.in_stock = Some(5)),
+            Box::new(|c| c.in_stock = Some(0)),
+            // The same amount at another scale is stored as sent, so it is a change.
+            Box::new(|c| c.price = Some(Price::parse("12.5").unwrap())),
+            Box::new(|c| c.name = Some("Merlot ".to_owned())),
+            Box::new(|c| c.unit_size = Some("1L".to_owned())),
+            Box::new(|c| c.abv = Some(13.6)),
+            Box::new(|c| c.proof = Some(80.0)),
+            Box::new(|c| c.category = Some(Category::Drink)),
+        ];
+        for (n, change_field) in changes.iter().enumerate() {
+            let mut change = same_as_stored();
+            change_field(&mut change);
+            assert!(!is_unchanged(&change, &stored()), "change {n}");
+        }
+    }
+
+    #[test]
+    fn a_stored_product_without_an_external_id_gains_one() {
+        let mut stored = stored();
+        stored.external_id = None;
+        assert!(!is_unchanged(&same_as_stored(), &stored));
+    }
+
+    #[test]
+    fn batches_match_by_external_id() {
+        let staged = |index: u64, external_id: &str, skipped: bool| StagedProduct {
+            index,
+            change: ProductChange {
+                external_id: Some(external_id.to_owned()),
+                ..same_as_stored()
+            },
+            skipped,
+        };
+        let products = [
+            staged(0, "sku-1", false),
+            staged(1, "new", false),
+            staged(2, "sku-1", true),
+        ];
+        let matches = match_batch(&products, vec![stored()]);
+        let unchanged = StoredMatch {
+            product_id: 7,
+            unchanged: true,
+        };
+        let skipped = StoredMatch {
+            product_id: 7,
+            unchanged: false,
+        };
+        assert_eq!(matches, vec![Some(unchanged), None, Some(skipped)]);
+        assert_eq!(external_ids(&products), vec!["sku-1", "new", "sku-1"]);
+    }
+}
