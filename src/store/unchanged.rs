@@ -158,17 +158,17 @@ mod tests {
 
     #[test]
     fn any_sent_field_that_differs_is_a_change() {
-        let changes: Vec<Box<dyn Fn(&mut ProductChange)>> = vec![
-            Box::new(|c| c.barcodes = Some(Barcodes::new(vec!["111".to_owned()]))),
-            Box::new(|c| c.in_stock = Some(5)),
-            Box::new(|c| c.in_stock = Some(0)),
+        let changes: [fn(&mut ProductChange); 9] = [
+            |c| c.barcodes = Some(Barcodes::new(vec!["111".to_owned()])),
+            |c| c.in_stock = Some(5),
+            |c| c.in_stock = Some(0),
             // The same amount at another scale is stored as sent, so it is a change.
-            Box::new(|c| c.price = Some(Price::parse("12.5").unwrap())),
-            Box::new(|c| c.name = Some("Merlot ".to_owned())),
-            Box::new(|c| c.unit_size = Some("1L".to_owned())),
-            Box::new(|c| c.abv = Some(13.6)),
-            Box::new(|c| c.proof = Some(80.0)),
-            Box::new(|c| c.category = Some(Category::Drink)),
+            |c| c.price = Some(Price::parse("12.5").unwrap()),
+            |c| c.name = Some("Merlot ".to_owned()),
+            |c| c.unit_size = Some("1L".to_owned()),
+            |c| c.abv = Some(13.6),
+            |c| c.proof = Some(80.0),
+            |c| c.category = Some(Category::Drink),
         ];
         for (n, change_field) in changes.iter().enumerate() {
             let mut change = same_as_stored();
