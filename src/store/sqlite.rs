@@ -33,13 +33,6 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true);
-    let options = match std::env::var("XP_PRAGMAS") {
-        Ok(list) => list.split(',').fold(options, |o, kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            o.pragma(k.to_owned(), v.to_owned())
-        }),
-        Err(_) => options,
-    };
     let pool = SqlitePoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .connect_with(options)
