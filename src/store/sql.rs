@@ -195,8 +195,7 @@ impl Dialect {
     fn staging_indexes(self) -> &'static str {
         match self {
             Dialect::Sqlite => {
-                "CREATE INDEX staged_products_external_id ON staged_products (external_id);
-                 CREATE INDEX staged_barcodes_barcode ON staged_barcodes (barcode, idx);"
+                "CREATE INDEX staged_barcodes_barcode ON staged_barcodes (barcode, idx);"
             }
             Dialect::Postgres => "",
         }
