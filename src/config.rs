@@ -155,6 +155,11 @@ pub struct LimitArgs {
     /// A sync whose client sends nothing for this long is rolled back (e.g. "60s").
     #[arg(long, env = "STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stream_idle_timeout: Duration,
+
+    /// How long a committed idempotency key is honoured: a retry with it within this time
+    /// replays the first answer (e.g. "7days").
+    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub idempotency_retention: Duration,
 }
 
 impl LimitArgs {
@@ -172,6 +177,7 @@ impl LimitArgs {
             max_concurrent_syncs: self.max_concurrent_syncs,
             queue_timeout: self.sync_queue_timeout,
             idle_timeout: self.stream_idle_timeout,
+            idempotency_retention: self.idempotency_retention,
             ..SyncLimits::default()
         }
     }

@@ -50,6 +50,7 @@ pub async fn run(
         state.database.clone(),
         state.activity.clone(),
         state.limits.clone(),
+        crate::grpc::describe_sync_error,
     );
     let inventory = InventorySyncServer::new(InventoryService::new(
         engine,

@@ -3,8 +3,8 @@
 use prost_types::Timestamp;
 
 use crate::pb;
-use crate::store::ProductRecord;
-use crate::sync::{Barcodes, SyncSummary};
+use crate::store::{ProductRecord, SyncRunRecord};
+use crate::sync::{Barcodes, SyncCounts, SyncSummary};
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 
@@ -77,7 +77,43 @@ impl From<SyncSummary> for pb::SyncResponse {
                 })
                 .collect(),
             dry_run: summary.dry_run,
-            ..pb::SyncResponse::default()
+            replayed: summary.replayed,
+        }
+    }
+}
+
+impl From<SyncRunRecord> for pb::SyncRun {
+    fn from(run: SyncRunRecord) -> Self {
+        let counts = SyncCounts::from(run.counts);
+        pb::SyncRun {
+            header: Some(pb::SyncHeader {
+                store_id: run.store_id,
+                clear: run.clear,
+                key: run.key_field,
+                idempotency_key: run.idempotency_key.unwrap_or_default(),
+                dry_run: run.dry_run,
+                skip_invalid: run.skip_invalid,
+                allow_mass_clear: run.allow_mass_clear,
+                expected_count: run
+                    .expected_count
+                    .map(|count| u64::try_from(count).unwrap_or_default()),
+            }),
+            sync_id: run.id,
+            store_id: run.store_id,
+            started_at: Some(timestamp_from_micros(run.started_at)),
+            finished_at: run.finished_at.map(timestamp_from_micros),
+            outcome: run.outcome,
+            status_code: run.status_code,
+            status_message: run.status_message,
+            received: counts.received,
+            created: counts.created,
+            updated: counts.updated,
+            unchanged: counts.unchanged,
+            cleared: counts.cleared,
+            linked: counts.linked,
+            rejected_total: counts.rejected,
+            token_name: run.token_name,
+            replay_of: run.replay_of.unwrap_or_default(),
         }
     }
 }

@@ -10,8 +10,8 @@ use super::status::invalid_field;
 use crate::auth::Authenticator;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySync;
-use crate::store::{Database, ProductFilter, ProductKey};
-use crate::sync::{SyncEngine, SyncError, SyncOptions, Violation};
+use crate::store::{Database, ProductFilter, ProductKey, RunOutcome};
+use crate::sync::{SyncEngine, SyncError, SyncOptions, SyncSession, Violation};
 
 /// Serves syncs and reads of one database.
 #[derive(Debug, Clone)]
@@ -57,34 +57,84 @@ impl InventorySync for InventoryService {
         })?;
         let options = SyncOptions::try_from(header)?;
         principal.may_write_store(options.store_id)?;
-        let mut session = self.engine.begin(options).await?;
+        let mut session = self.engine.begin(options, &principal.name).await?;
         let span = session.span().clone();
 
         async move {
-            session.receive(first.products).await?;
-            let mut message_number = 1u64;
-            loop {
-                // A client that goes silent must not hold a sync (and its connection) open.
-                let next = tokio::time::timeout(idle_timeout, stream.message())
-                    .await
-                    .map_err(|_| SyncError::Idle(idle_timeout))?;
-                let Some(message) = next? else { break };
-                message_number += 1;
-                if message.header.is_some() {
-                    session.reject(Violation::new(
-                        "header",
-                        format!(
-                            "message {message_number} of the stream carries a header; only the first may"
-                        ),
-                    ));
+            let received = receive_all(&mut session, first.products, &mut stream, idle_timeout);
+            match received.await {
+                Ok(()) => Ok(Response::new(session.finish().await?.into())),
+                Err(StreamEnd::Sync(error)) => Err(session.abandon(error).await.into()),
+                Err(StreamEnd::Broken(status)) => {
+                    tracing::info!(%status, "the sync's stream failed; nothing committed");
+                    let outcome = if status.code() == tonic::Code::Cancelled {
+                        RunOutcome::Aborted
+                    } else {
+                        RunOutcome::Rejected
+                    };
+                    let message = status.message().to_owned();
+                    session
+                        .abandon_broken_stream(outcome, status.code() as i32, message)
+                        .await;
+                    Err(status)
                 }
-                session.receive(message.products).await?;
             }
-            let summary = session.finish().await?;
-            Ok(Response::new(summary.into()))
         }
         .instrument(span)
         .await
+    }
+
+    async fn list_sync_runs(
+        &self,
+        request: Request<pb::ListSyncRunsRequest>,
+    ) -> Result<Response<pb::ListSyncRunsResponse>, Status> {
+        let principal = caller(&self.auth, &request).await?;
+        let request = request.into_inner();
+        check_store_id(request.store_id)?;
+        principal.may_read_store(request.store_id)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_RUNS_PAGE,
+            size @ 1..=MAX_RUNS_PAGE => size,
+            size => {
+                return Err(invalid_field(
+                    "page_size",
+                    format!(
+                        "page_size is {size}; it must be 0 (the default, {DEFAULT_RUNS_PAGE}) to {MAX_RUNS_PAGE}"
+                    ),
+                ));
+            }
+        };
+        // The token is the id of the last run of the previous page: a UUID.
+        let before = match request.page_token.as_str() {
+            "" => None,
+            token => match uuid::Uuid::try_parse(token) {
+                Ok(id) => Some(id.to_string()),
+                Err(_) => {
+                    return Err(invalid_field(
+                        "page_token",
+                        "page_token is not one this server gave; pass next_page_token as received",
+                    ));
+                }
+            },
+        };
+        let mut runs = self
+            .database
+            .sync_runs_page(
+                request.store_id,
+                before.as_deref(),
+                i64::from(page_size) + 1,
+            )
+            .await?;
+        let next_page_token = if runs.len() > page_size as usize {
+            runs.truncate(page_size as usize);
+            runs.last().map(|run| run.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSyncRunsResponse {
+            runs: runs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_product(
@@ -154,6 +204,53 @@ impl InventorySync for InventoryService {
             let filter = filter.clone();
             async move { database.products_page(&filter, after_id, PAGE_SIZE).await }
         })))
+    }
+}
+
+const DEFAULT_RUNS_PAGE: i32 = 50;
+const MAX_RUNS_PAGE: i32 = 500;
+
+/// Why a sync's stream ended early.
+enum StreamEnd {
+    /// The sync failed (a limit, an idle client, a worker error).
+    Sync(SyncError),
+    /// The stream itself failed: a message too large or undecodable, a broken connection.
+    Broken(Status),
+}
+
+impl From<SyncError> for StreamEnd {
+    fn from(error: SyncError) -> Self {
+        StreamEnd::Sync(error)
+    }
+}
+
+/// Feeds every message of a sync's stream to its session, until the client half-closes.
+async fn receive_all(
+    session: &mut SyncSession,
+    first_products: Vec<pb::ProductUpdate>,
+    stream: &mut Streaming<pb::SyncRequest>,
+    idle_timeout: std::time::Duration,
+) -> Result<(), StreamEnd> {
+    session.receive(first_products).await?;
+    let mut message_number = 1u64;
+    loop {
+        // A client that goes silent must not hold a sync (and its connection) open.
+        let next = tokio::time::timeout(idle_timeout, stream.message())
+            .await
+            .map_err(|_| SyncError::Idle(idle_timeout))?;
+        let Some(message) = next.map_err(StreamEnd::Broken)? else {
+            return Ok(());
+        };
+        message_number += 1;
+        if message.header.is_some() {
+            session.reject(Violation::new(
+                "header",
+                format!(
+                    "message {message_number} of the stream carries a header; only the first may"
+                ),
+            ));
+        }
+        session.receive(message.products).await?;
     }
 }
 

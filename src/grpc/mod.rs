@@ -9,6 +9,7 @@ mod status;
 
 pub use inventory::InventoryService;
 pub use match_queue::MatchQueueService;
+pub(crate) use status::describe_sync_error;
 
 use tonic::{Request, Status};
 

@@ -14,22 +14,45 @@ impl From<SyncError> for Status {
     fn from(error: SyncError) -> Self {
         match error {
             SyncError::Invalid(violations) => invalid_argument(&violations),
-            SyncError::CountMismatch { .. } => Status::failed_precondition(error.to_string()),
-            SyncError::Unimplemented { .. } => Status::unimplemented(error.to_string()),
-            SyncError::TooManyProducts { .. } | SyncError::Busy { .. } => {
-                Status::resource_exhausted(error.to_string())
-            }
-            SyncError::MassClear { .. } => Status::failed_precondition(error.to_string()),
-            SyncError::Abandoned => Status::cancelled(error.to_string()),
-            SyncError::Idle(_) => Status::deadline_exceeded(error.to_string()),
             SyncError::Store(error) => error.into(),
             SyncError::Worker(detail) => {
                 tracing::error!(%detail, "sync worker failed");
-                Status::internal("internal error; the server log has the details")
+                Status::internal(INTERNAL)
             }
+            error => Status::new(sync_error_code(&error), error.to_string()),
         }
     }
 }
+
+const INTERNAL: &str = "internal error; the server log has the details";
+
+fn sync_error_code(error: &SyncError) -> Code {
+    match error {
+        SyncError::Invalid(_) => Code::InvalidArgument,
+        SyncError::CountMismatch { .. }
+        | SyncError::MassClear { .. }
+        | SyncError::IdempotencyKeyReused { .. } => Code::FailedPrecondition,
+        SyncError::TooManyProducts { .. } | SyncError::Busy { .. } => Code::ResourceExhausted,
+        SyncError::Abandoned => Code::Cancelled,
+        SyncError::Idle(_) => Code::DeadlineExceeded,
+        SyncError::Store(error) if error.is_unavailable() => Code::Unavailable,
+        SyncError::Store(_) | SyncError::Worker(_) => Code::Internal,
+    }
+}
+
+/// The status code and message a client gets for a failed sync, for the sync history
+/// (without logging: the failure is logged where it is answered).
+pub(crate) fn describe_sync_error(error: &SyncError) -> (i32, String) {
+    let code = sync_error_code(error);
+    let message = match error {
+        SyncError::Store(error) if error.is_unavailable() => UNAVAILABLE.to_owned(),
+        SyncError::Store(_) | SyncError::Worker(_) => INTERNAL.to_owned(),
+        error => error.to_string(),
+    };
+    (code as i32, message)
+}
+
+const UNAVAILABLE: &str = "the database is unavailable; retry later";
 
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
@@ -58,9 +81,9 @@ impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         tracing::error!(%error, "database operation failed");
         if error.is_unavailable() {
-            Status::unavailable("the database is unavailable; retry later")
+            Status::unavailable(UNAVAILABLE)
         } else {
-            Status::internal("internal error; the server log has the details")
+            Status::internal(INTERNAL)
         }
     }
 }

@@ -73,6 +73,30 @@ pub struct MergeRequest {
     /// may set out of stock (when that is more than [`MASS_CLEAR_FLOOR`] products); `None`
     /// when the sync allows a mass clear.
     pub max_clear_fraction: Option<f64>,
+    /// The history run this merge completes when it commits.
+    pub run: MergeRun,
+    /// The sync's idempotency key: a merge whose key already committed for the store
+    /// changes nothing.
+    pub idempotency: Option<IdempotencyCheck>,
+}
+
+/// What the history records of a committed merge besides its own counts.
+#[derive(Debug, Clone)]
+pub struct MergeRun {
+    pub sync_id: String,
+    pub received: u64,
+    /// Products rejected before the merge (skip_invalid).
+    pub rejected_before: u64,
+}
+
+/// An idempotency key to honour.
+#[derive(Debug, Clone)]
+pub struct IdempotencyCheck {
+    pub key: String,
+    /// Hex SHA-256 of the sync's header and products.
+    pub request_hash: String,
+    /// Keys committed before this time (microseconds) are forgotten.
+    pub not_before: i64,
 }
 
 /// A clear of this many products or fewer never trips the mass-clear guard.
@@ -102,6 +126,12 @@ pub enum MergeOutcome {
     Abandoned,
     /// Rolled back: the clear would set more of the store out of stock than allowed.
     MassClear { would_clear: u64, in_stock: u64 },
+    /// Nothing done: the idempotency key committed before, in run `run_id`, with the
+    /// same content.
+    Replay { run_id: String },
+    /// Nothing done: the idempotency key committed before, in run `run_id`, with other
+    /// content.
+    KeyReused { run_id: String },
 }
 
 /// Positions come back from SQL as BIGINT; they were written from `u64` positions.
@@ -222,6 +252,33 @@ macro_rules! merge_into_locked_store {
         let store_id = $request.store_id;
         let limit = sql_limit($request.max_conflicts);
         let by_barcode = $request.key == SyncKey::Barcode;
+
+        // Under the store's lock, so a retry waits for the attempt in flight and then sees
+        // its key.
+        if let Some(check) = &$request.idempotency {
+            sqlx::query(sql::FORGET_EXPIRED_IDEMPOTENCY_KEY)
+                .bind(store_id)
+                .bind(&check.key)
+                .bind(check.not_before)
+                .execute(&mut *$tx)
+                .await?;
+            let earlier: Option<(String, Option<String>)> =
+                sqlx::query_as(sql::COMMITTED_RUN_OF_IDEMPOTENCY_KEY)
+                    .bind(store_id)
+                    .bind(&check.key)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+            if let Some((run_id, request_hash)) = earlier {
+                $tx.rollback().await?;
+                return Ok(
+                    if request_hash.as_deref() == Some(check.request_hash.as_str()) {
+                        MergeOutcome::Replay { run_id }
+                    } else {
+                        MergeOutcome::KeyReused { run_id }
+                    },
+                );
+            }
+        }
 
         if by_barcode {
             sqlx::query(sql::RESOLVE_BY_BARCODES)
@@ -398,6 +455,27 @@ macro_rules! merge_into_locked_store {
         if $request.dry_run {
             $tx.rollback().await?;
         } else {
+            let run = &$request.run;
+            let rejected = run.rejected_before + skipped.len() as u64;
+            let unchanged = run.received.saturating_sub(created + updated + rejected);
+            sqlx::query(sql::COMMIT_SYNC_RUN)
+                .bind(&run.sync_id)
+                .bind($crate::sync::now_micros())
+                .bind(run.received as i64)
+                .bind(created as i64)
+                .bind(updated as i64)
+                .bind(unchanged as i64)
+                .bind(cleared as i64)
+                .bind(linked)
+                .bind(rejected as i64)
+                .bind(
+                    $request
+                        .idempotency
+                        .as_ref()
+                        .map(|check| check.request_hash.as_str()),
+                )
+                .execute(&mut *$tx)
+                .await?;
             $tx.commit().await?;
         }
         Ok(MergeOutcome::Applied {

@@ -7,12 +7,18 @@ mod merge;
 mod live;
 #[macro_use]
 mod tokens;
+#[macro_use]
+mod history;
 mod postgres;
 mod sql;
 mod sqlite;
 mod unchanged;
 
-pub use merge::{BatchConflict, MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest};
+pub use history::{NewSyncRun, RunCounts, RunEnding, RunOutcome, SyncRunRecord};
+pub use merge::{
+    BatchConflict, IdempotencyCheck, MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest,
+    MergeRun,
+};
 pub use tokens::{NewToken, TokenRecord};
 
 use std::fmt;
@@ -332,6 +338,45 @@ impl Database {
         match self {
             Database::Sqlite(pool) => sqlite::touch_token(pool, id, now).await,
             Database::Postgres(pool) => postgres::touch_token(pool, id, now).await,
+        }
+    }
+
+    /// Records that a sync started.
+    pub async fn insert_sync_run(&self, run: &NewSyncRun<'_>) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::insert_sync_run(pool, run).await,
+            Database::Postgres(pool) => postgres::insert_sync_run(pool, run).await,
+        }
+    }
+
+    /// Records how a sync ended, unless it committed (the merge recorded that).
+    pub async fn end_sync_run(&self, id: &str, ending: &RunEnding) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::end_sync_run(pool, id, ending).await,
+            Database::Postgres(pool) => postgres::end_sync_run(pool, id, ending).await,
+        }
+    }
+
+    /// One sync run by id.
+    pub async fn sync_run(&self, id: &str) -> Result<Option<SyncRunRecord>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::sync_run(pool, id).await,
+            Database::Postgres(pool) => postgres::sync_run(pool, id).await,
+        }
+    }
+
+    /// Up to `limit` runs of a store, newest first, older than run `before` if given.
+    pub async fn sync_runs_page(
+        &self,
+        store_id: i64,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SyncRunRecord>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::sync_runs_page(pool, store_id, before, limit).await,
+            Database::Postgres(pool) => {
+                postgres::sync_runs_page(pool, store_id, before, limit).await
+            }
         }
     }
 

@@ -31,6 +31,7 @@ pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
 }
 
 token_queries!(sqlx::Postgres);
+history_queries!(sqlx::Postgres);
 live_queries!(sqlx::Postgres, POSTGRES);
 
 /// The staging area of one sync on PostgreSQL.

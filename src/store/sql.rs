@@ -335,6 +335,26 @@ pub(super) const SYNC_GENERATION: &str = "SELECT sync_generation FROM stores WHE
 pub(super) const ADVANCE_SYNC_GENERATION: &str =
     "UPDATE stores SET sync_generation = sync_generation + 1 WHERE id = $1";
 
+/// Forgets a store's idempotency key committed before `$3`: its retention is over.
+/// `$2` = the key.
+pub(super) const FORGET_EXPIRED_IDEMPOTENCY_KEY: &str = "
+    UPDATE sync_runs SET idempotency_key = NULL
+    WHERE store_id = $1 AND idempotency_key = $2 AND outcome = 2 AND finished_at < $3";
+
+/// The committed run of a store's idempotency key, and the hash of what it sent.
+pub(super) const COMMITTED_RUN_OF_IDEMPOTENCY_KEY: &str = "
+    SELECT id, request_hash FROM sync_runs
+    WHERE store_id = $1 AND idempotency_key = $2 AND outcome = 2";
+
+/// Completes a sync's history run in the merge's own transaction: it says committed
+/// exactly when the sync did. `$1` = the sync id, `$2` = when, `$3`..`$9` = counts,
+/// `$10` = the request hash of an idempotency key.
+pub(super) const COMMIT_SYNC_RUN: &str = "
+    UPDATE sync_runs SET outcome = 2, finished_at = $2, received = $3, created = $4,
+        updated = $5, unchanged = $6, cleared = $7, linked = $8, rejected = $9,
+        request_hash = $10
+    WHERE id = $1";
+
 /// Another sync wrote to the store while this one uploaded: the unchanged marks may be
 /// stale, so every product is checked again.
 pub(super) const FORGET_UNCHANGED: &str =

@@ -42,6 +42,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
 }
 
 token_queries!(sqlx::Sqlite);
+history_queries!(sqlx::Sqlite);
 live_queries!(sqlx::Sqlite, SQLITE);
 
 /// The staging area of one sync on SQLite.

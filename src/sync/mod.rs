@@ -19,7 +19,7 @@ pub use violation::{Violation, Violations};
 use std::time::Duration;
 
 use crate::pb;
-use crate::store::StoreError;
+use crate::store::{RunCounts, StoreError};
 
 /// Bounds on what syncs may carry and do.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct SyncLimits {
     pub queue_timeout: Duration,
     /// A sync whose client sends nothing for this long is rolled back.
     pub idle_timeout: Duration,
+    /// How long a committed idempotency key is honoured.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for SyncLimits {
@@ -51,6 +53,7 @@ impl Default for SyncLimits {
             max_concurrent_syncs: 8,
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            idempotency_retention: Duration::from_secs(7 * 24 * 60 * 60),
         }
     }
 }
@@ -65,7 +68,12 @@ pub struct SyncOptions {
     pub allow_mass_clear: bool,
     pub skip_invalid: bool,
     pub expected_count: Option<u64>,
+    /// A retry with the same key for the same store replays the committed answer.
+    pub idempotency_key: Option<String>,
 }
+
+/// Longest idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 
 impl TryFrom<pb::SyncHeader> for SyncOptions {
     type Error = SyncError;
@@ -90,10 +98,20 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
                 ))));
             }
         };
-        let unimplemented = [(!header.idempotency_key.is_empty(), "header.idempotency_key")];
-        if let Some((_, field)) = unimplemented.into_iter().find(|(set, _)| *set) {
-            return Err(SyncError::Unimplemented { field });
-        }
+        let idempotency_key = match header.idempotency_key.as_str() {
+            "" => None,
+            key => {
+                check_text("idempotency_key", key, MAX_IDEMPOTENCY_KEY_CHARS).map_err(
+                    |problem| {
+                        SyncError::Invalid(Violations::single(Violation::new(
+                            "header.idempotency_key",
+                            problem.description,
+                        )))
+                    },
+                )?;
+                Some(key.to_owned())
+            }
+        };
         Ok(SyncOptions {
             store_id: header.store_id,
             key,
@@ -102,6 +120,7 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
             allow_mass_clear: header.allow_mass_clear,
             skip_invalid: header.skip_invalid,
             expected_count: header.expected_count,
+            idempotency_key,
         })
     }
 }
@@ -129,6 +148,37 @@ pub struct SyncCounts {
     pub rejected: u64,
 }
 
+/// Counts as the history stores them (BIGINT columns).
+impl From<SyncCounts> for RunCounts {
+    fn from(counts: SyncCounts) -> Self {
+        let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        RunCounts {
+            received: count(counts.received),
+            created: count(counts.created),
+            updated: count(counts.updated),
+            unchanged: count(counts.unchanged),
+            cleared: count(counts.cleared),
+            linked: count(counts.linked),
+            rejected: count(counts.rejected),
+        }
+    }
+}
+
+impl From<RunCounts> for SyncCounts {
+    fn from(counts: RunCounts) -> Self {
+        let count = |value: i64| u64::try_from(value).unwrap_or_default();
+        SyncCounts {
+            received: count(counts.received),
+            created: count(counts.created),
+            updated: count(counts.updated),
+            unchanged: count(counts.unchanged),
+            cleared: count(counts.cleared),
+            linked: count(counts.linked),
+            rejected: count(counts.rejected),
+        }
+    }
+}
+
 /// A product skipped by `skip_invalid`, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -152,6 +202,8 @@ pub struct SyncSummary {
     pub rejected: Vec<Rejection>,
     /// Nothing was committed.
     pub dry_run: bool,
+    /// The answer of an earlier sync with the same idempotency key, repeated.
+    pub replayed: bool,
 }
 
 /// Why a sync did not complete. Nothing of it was committed.
@@ -163,9 +215,12 @@ pub enum SyncError {
     /// `expected_count` did not match what arrived.
     #[error("expected {expected} products but received {received}; nothing was committed")]
     CountMismatch { expected: u64, received: u64 },
-    /// The sync asks for something this server does not do yet.
-    #[error("{field} is not supported by this server yet")]
-    Unimplemented { field: &'static str },
+    /// The idempotency key committed before with other content.
+    #[error(
+        "idempotency key {key:?} was used by sync {run_id} of this store with other content; \
+         nothing was committed. Use a new key for new content"
+    )]
+    IdempotencyKeyReused { key: String, run_id: String },
     /// The sync carries more products than the server accepts.
     #[error("a sync may carry at most {limit} products; nothing was committed")]
     TooManyProducts { limit: u64 },

@@ -8,9 +8,12 @@
 //! in one transaction. If the session is dropped first (the client cancelled, the stream
 //! broke, the server shut down), the worker sees its queue close and discards everything.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -22,7 +25,14 @@ use super::{
 };
 use crate::activity::Activity;
 use crate::pb;
-use crate::store::{BatchConflict, Database, MergeOutcome, MergeRequest, Staging};
+use crate::store::{
+    BatchConflict, Database, IdempotencyCheck, MergeOutcome, MergeRequest, MergeRun, NewSyncRun,
+    RunEnding, RunOutcome, Staging, SyncRunRecord,
+};
+
+/// How the edge answers a failed sync: its status code and message. The history records
+/// both; the sync layer itself knows nothing of gRPC codes.
+pub type DescribeError = fn(&SyncError) -> (i32, String);
 
 /// Batches waiting between the handler and the worker; bounds memory per sync.
 const STAGING_QUEUE_DEPTH: usize = 4;
@@ -34,16 +44,23 @@ pub struct SyncEngine {
     activity: Activity,
     limits: SyncLimits,
     turns: Arc<Semaphore>,
+    describe: DescribeError,
 }
 
 impl SyncEngine {
-    pub fn new(database: Database, activity: Activity, limits: SyncLimits) -> Self {
+    pub fn new(
+        database: Database,
+        activity: Activity,
+        limits: SyncLimits,
+        describe: DescribeError,
+    ) -> Self {
         let turns = Arc::new(Semaphore::new(limits.max_concurrent_syncs));
         SyncEngine {
             database,
             activity,
             limits,
             turns,
+            describe,
         }
     }
 
@@ -51,11 +68,48 @@ impl SyncEngine {
         &self.limits
     }
 
-    /// Opens a sync: waits for its turn (a bounded time), then opens a staging area on a
-    /// connection of its own and starts the worker that fills it.
-    pub async fn begin(&self, options: SyncOptions) -> Result<SyncSession, SyncError> {
+    /// Opens a sync sent by token `token_name`: records its run, waits for its turn (a
+    /// bounded time), then opens a staging area on a connection of its own and starts the
+    /// worker that fills it.
+    pub async fn begin(
+        &self,
+        options: SyncOptions,
+        token_name: &str,
+    ) -> Result<SyncSession, SyncError> {
         let sync_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("sync", store_id = options.store_id, sync_id = %sync_id);
+        let run = NewSyncRun {
+            id: &sync_id,
+            store_id: options.store_id,
+            started_at: now_micros(),
+            clear: options.clear,
+            dry_run: options.dry_run,
+            key_field: match options.key {
+                super::SyncKey::ExternalId => pb::KeyField::ExternalId as i32,
+                super::SyncKey::Barcode => pb::KeyField::Barcode as i32,
+            },
+            skip_invalid: options.skip_invalid,
+            allow_mass_clear: options.allow_mass_clear,
+            expected_count: options.expected_count,
+            idempotency_key: options.idempotency_key.as_deref(),
+            token_name,
+        };
+        self.database
+            .insert_sync_run(&run)
+            .instrument(span.clone())
+            .await?;
+        let history = RunHistory {
+            database: self.database.clone(),
+            sync_id: sync_id.clone(),
+            describe: self.describe,
+        };
+        let refused = |error: SyncError| async {
+            history
+                .record(history.ending(&error, RunOutcome::Rejected))
+                .instrument(span.clone())
+                .await;
+            error
+        };
         let waited = self.limits.queue_timeout;
         let turn = match tokio::time::timeout(waited, self.turns.clone().acquire_owned()).await {
             Ok(Ok(turn)) => turn,
@@ -63,14 +117,19 @@ impl SyncEngine {
             Ok(Err(_)) | Err(_) => {
                 let limit = self.limits.max_concurrent_syncs;
                 span.in_scope(|| warn!(limit, ?waited, "sync refused: no turn came up in time"));
-                return Err(SyncError::Busy { limit, waited });
+                return Err(refused(SyncError::Busy { limit, waited }).await);
             }
         };
-        let staging = self
+        let staging = match self
             .database
             .open_staging(options.store_id, options.key)
             .instrument(span.clone())
-            .await?;
+            .await
+        {
+            Ok(staging) => staging,
+            Err(error) => return Err(refused(error.into()).await),
+        };
+        let ended_early = Arc::new(Mutex::new(None));
         let (commands, queue) = mpsc::channel(STAGING_QUEUE_DEPTH);
         let worker = Worker {
             staging,
@@ -78,6 +137,9 @@ impl SyncEngine {
             options: options.clone(),
             limits: self.limits.clone(),
             in_flight: self.activity.start_sync(),
+            database: self.database.clone(),
+            history: history.clone(),
+            ended_early: ended_early.clone(),
             _turn: turn,
         };
         let worker = tokio::spawn(worker.run().instrument(span.clone()));
@@ -89,6 +151,10 @@ impl SyncEngine {
                 "sync started"
             )
         });
+        let content_hash = options
+            .idempotency_key
+            .is_some()
+            .then(|| ContentHash::new(&options));
         Ok(SyncSession {
             sync_id,
             options,
@@ -97,9 +163,70 @@ impl SyncEngine {
             received: 0,
             violations: Violations::with_cap(self.limits.max_violations),
             rejections: Rejections::default(),
+            content_hash,
+            history,
+            ended_early,
             commands,
             worker,
         })
+    }
+}
+
+/// The fingerprint of a sync's content for its idempotency key: its options and every
+/// product as sent, in order.
+struct ContentHash(Sha256);
+
+impl ContentHash {
+    fn new(options: &SyncOptions) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(format!(
+            "store={} clear={} key={:?} dry_run={} skip_invalid={} allow_mass_clear={} \
+             expected_count={:?}\n",
+            options.store_id,
+            options.clear,
+            options.key,
+            options.dry_run,
+            options.skip_invalid,
+            options.allow_mass_clear,
+            options.expected_count
+        ));
+        ContentHash(hasher)
+    }
+
+    fn add(&mut self, product: &pb::ProductUpdate) {
+        self.0.update(product.encode_length_delimited_to_vec());
+    }
+
+    fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
+/// Writes how a sync's history run ended.
+#[derive(Clone)]
+struct RunHistory {
+    database: Database,
+    sync_id: String,
+    describe: DescribeError,
+}
+
+impl RunHistory {
+    fn ending(&self, error: &SyncError, outcome: RunOutcome) -> RunEnding {
+        let (status_code, status_message) = (self.describe)(error);
+        RunEnding {
+            finished_at: now_micros(),
+            outcome: Some(outcome),
+            status_code,
+            status_message,
+            ..RunEnding::default()
+        }
+    }
+
+    /// Records the ending; a failure to is logged, never the sync's own failure.
+    async fn record(&self, ending: RunEnding) {
+        if let Err(error) = self.database.end_sync_run(&self.sync_id, &ending).await {
+            warn!(%error, "could not record how the sync ended in its history");
+        }
     }
 }
 
@@ -115,6 +242,7 @@ enum Command {
         received: u64,
         violations: Violations,
         rejections: Rejections,
+        request_hash: Option<String>,
     },
 }
 
@@ -179,6 +307,39 @@ impl Rejections {
 struct Merged {
     counts: SyncCounts,
     rejections: Rejections,
+    /// A replayed idempotency key: the committed run answered instead.
+    replay_of: Option<String>,
+    request_hash: Option<String>,
+}
+
+impl Merged {
+    fn replay(run: SyncRunRecord, request_hash: String) -> Self {
+        Merged {
+            counts: run.counts.into(),
+            rejections: Rejections::default(),
+            replay_of: Some(run.id),
+            request_hash: Some(request_hash),
+        }
+    }
+
+    /// What the history records of it, unless the merge recorded it itself (committed).
+    fn ending(&self, dry_run: bool) -> Option<RunEnding> {
+        let outcome = if self.replay_of.is_some() {
+            RunOutcome::Replayed
+        } else if dry_run {
+            RunOutcome::DryRun
+        } else {
+            return None;
+        };
+        Some(RunEnding {
+            finished_at: now_micros(),
+            outcome: Some(outcome),
+            counts: self.counts.into(),
+            request_hash: self.request_hash.clone(),
+            replay_of: self.replay_of.clone(),
+            ..RunEnding::default()
+        })
+    }
 }
 
 /// The handler's side of one sync.
@@ -190,6 +351,11 @@ pub struct SyncSession {
     received: u64,
     violations: Violations,
     rejections: Rejections,
+    /// Kept when the sync has an idempotency key.
+    content_hash: Option<ContentHash>,
+    history: RunHistory,
+    /// How the sync ended, when the handler ended it (the worker only sees its queue close).
+    ended_early: Arc<Mutex<Option<RunEnding>>>,
     commands: mpsc::Sender<Command>,
     worker: JoinHandle<Result<Merged, SyncError>>,
 }
@@ -212,6 +378,11 @@ impl SyncSession {
             return Err(SyncError::TooManyProducts {
                 limit: self.limits.max_products,
             });
+        }
+        if let Some(hash) = &mut self.content_hash {
+            for product in &products {
+                hash.add(product);
+            }
         }
         let (key, fields) = (self.options.key, &self.limits.fields);
         let mut valid = Vec::with_capacity(products.len());
@@ -278,21 +449,62 @@ impl SyncSession {
             received: self.received,
             violations: std::mem::replace(&mut self.violations, Violations::with_cap(0)),
             rejections: std::mem::take(&mut self.rejections),
+            request_hash: self.content_hash.take().map(ContentHash::finish),
         };
         if self.commands.send(command).await.is_err() {
             return Err(self.worker_error().await);
         }
         // Keep `commands` open until the worker is done: if this future is dropped, the
         // closed queue tells the worker that nobody waits for the result any more.
-        let Merged { counts, rejections } = join(&mut self.worker).await?;
+        let Merged {
+            counts,
+            rejections,
+            replay_of,
+            ..
+        } = join(&mut self.worker).await?;
         let mut rejected = rejections.kept;
         rejected.sort_by_key(|rejection| rejection.index);
+        let replayed = replay_of.is_some();
         Ok(SyncSummary {
-            sync_id: self.sync_id.clone(),
+            // A replay repeats the committed answer, sync id included.
+            sync_id: replay_of.unwrap_or_else(|| self.sync_id.clone()),
             counts,
             rejected,
-            dry_run: self.options.dry_run,
+            dry_run: self.options.dry_run && !replayed,
+            replayed,
         })
+    }
+
+    /// Ends the sync without a commit, for a reason the handler saw (`Abandoned` for a
+    /// broken stream, `Idle`, a limit); waits until the history says so.
+    pub async fn abandon(self, error: SyncError) -> SyncError {
+        let outcome = match error {
+            SyncError::Abandoned => RunOutcome::Aborted,
+            SyncError::Idle(_) => RunOutcome::TimedOut,
+            _ => RunOutcome::Rejected,
+        };
+        let ending = self.history.ending(&error, outcome);
+        self.end_early(ending).await;
+        error
+    }
+
+    /// Ends the sync without a commit because its stream failed with gRPC status `code`
+    /// and `message` (an oversized or undecodable message, a broken connection).
+    pub async fn abandon_broken_stream(self, outcome: RunOutcome, code: i32, message: String) {
+        let ending = RunEnding {
+            finished_at: now_micros(),
+            outcome: Some(outcome),
+            status_code: code,
+            status_message: message,
+            ..RunEnding::default()
+        };
+        self.end_early(ending).await;
+    }
+
+    async fn end_early(mut self, ending: RunEnding) {
+        *self.ended_early.lock().expect("the lock is never poisoned") = Some(ending);
+        drop(self.commands);
+        let _ = join(&mut self.worker).await;
     }
 
     async fn worker_error(&mut self) -> SyncError {
@@ -316,6 +528,9 @@ struct Worker {
     options: SyncOptions,
     limits: SyncLimits,
     in_flight: crate::activity::SyncInFlight,
+    database: Database,
+    history: RunHistory,
+    ended_early: Arc<Mutex<Option<RunEnding>>>,
     /// Held until the worker ends, so the next sync's turn comes only then.
     _turn: OwnedSemaphorePermit,
 }
@@ -346,6 +561,24 @@ impl Worker {
             }
             Err(error) => info!(%error, "sync refused; nothing committed"),
         }
+        let ending = match &result {
+            Ok(merged) => merged.ending(self.options.dry_run),
+            Err(SyncError::Abandoned) => {
+                let early = self
+                    .ended_early
+                    .lock()
+                    .expect("the lock is never poisoned")
+                    .take();
+                Some(early.unwrap_or_else(|| {
+                    self.history
+                        .ending(&SyncError::Abandoned, RunOutcome::Aborted)
+                }))
+            }
+            Err(error) => Some(self.history.ending(error, RunOutcome::Rejected)),
+        };
+        if let Some(ending) = ending {
+            self.history.record(ending).await;
+        }
         self.staging.close().await;
         result
     }
@@ -364,8 +597,9 @@ impl Worker {
                 received,
                 violations,
                 rejections,
+                request_hash,
             })) => {
-                finish = Some((received, violations, rejections));
+                finish = Some((received, violations, rejections, request_hash));
                 Poll::Ready(None)
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -373,9 +607,10 @@ impl Worker {
         });
         self.staging.stage_all(batches).await?;
         match finish {
-            Some((received, violations, rejections)) => {
+            Some((received, violations, rejections, request_hash)) => {
                 self.staging.prepare_checks().await?;
-                self.merge(received, violations, rejections).await
+                self.merge(received, violations, rejections, request_hash)
+                    .await
             }
             None => Err(SyncError::Abandoned),
         }
@@ -386,6 +621,7 @@ impl Worker {
         received: u64,
         mut violations: Violations,
         mut rejections: Rejections,
+        request_hash: Option<String>,
     ) -> Result<Merged, SyncError> {
         if let Some(expected) = self.options.expected_count
             && expected != received
@@ -416,6 +652,24 @@ impl Worker {
             skip_invalid: self.options.skip_invalid,
             max_clear_fraction: (!self.options.allow_mass_clear)
                 .then_some(self.limits.max_clear_fraction),
+            run: MergeRun {
+                sync_id: self.history.sync_id.clone(),
+                received,
+                rejected_before: rejections.total,
+            },
+            idempotency: self
+                .options
+                .idempotency_key
+                .clone()
+                .zip(request_hash.clone())
+                .map(|(key, request_hash)| IdempotencyCheck {
+                    key,
+                    request_hash,
+                    not_before: now_micros().saturating_sub(
+                        i64::try_from(self.limits.idempotency_retention.as_micros())
+                            .unwrap_or(i64::MAX),
+                    ),
+                }),
         };
         let queue = &self.queue;
         match self.staging.merge(&request, || queue.is_closed()).await? {
@@ -440,6 +694,8 @@ impl Worker {
                         rejected: rejections.total,
                     },
                     rejections,
+                    replay_of: None,
+                    request_hash,
                 })
             }
             MergeOutcome::Conflicts(conflicts) => {
@@ -450,6 +706,17 @@ impl Worker {
                 Err(SyncError::Invalid(violations))
             }
             MergeOutcome::Abandoned => Err(SyncError::Abandoned),
+            MergeOutcome::Replay { run_id } => {
+                let run = self.database.sync_run(&run_id).await?.ok_or_else(|| {
+                    SyncError::Worker(format!("the replayed run {run_id} is gone"))
+                })?;
+                info!(replay_of = %run_id, "idempotency key seen before; replaying its answer");
+                Ok(Merged::replay(run, request_hash.unwrap_or_default()))
+            }
+            MergeOutcome::KeyReused { run_id } => Err(SyncError::IdempotencyKeyReused {
+                key: self.options.idempotency_key.clone().unwrap_or_default(),
+                run_id,
+            }),
             MergeOutcome::MassClear {
                 would_clear,
                 in_stock,

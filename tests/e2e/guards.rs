@@ -179,14 +179,6 @@ backend_tests! {
 mod limits {
     use super::*;
 
-    async fn each_backend(config: impl Fn() -> Config, test: impl AsyncFn(TestServer)) {
-        for backend in [Backend::Sqlite, Backend::Postgres] {
-            if let Some(server) = TestServer::start_configured(backend, config()).await {
-                test(server).await;
-            }
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_client_is_dropped_and_its_sync_rolled_back() {
         let config = || {
@@ -210,6 +202,20 @@ mod limits {
             assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
             drop(messages);
             assert_nothing_committed(&server, &mut client, STORE).await;
+            let history = client
+                .list_sync_runs(pb::ListSyncRunsRequest {
+                    store_id: STORE,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let outcomes: Vec<_> = history.runs.iter().map(|run| run.outcome).collect();
+            assert_eq!(outcomes, [pb::SyncOutcome::TimedOut as i32]);
+            assert_eq!(
+                history.runs[0].status_code,
+                tonic::Code::DeadlineExceeded as i32
+            );
         })
         .await;
     }

@@ -9,6 +9,7 @@ mod auth;
 mod barcode_sync;
 mod binary;
 mod guards;
+mod history;
 mod match_queue;
 mod model;
 mod reads;

@@ -291,6 +291,15 @@ macro_rules! backend_tests {
 }
 pub(crate) use backend_tests;
 
+/// Runs `test` against a server of each backend started with `config()`.
+pub async fn each_backend(config: impl Fn() -> Config, test: impl AsyncFn(TestServer)) {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        if let Some(server) = TestServer::start_configured(backend, config()).await {
+            test(server).await;
+        }
+    }
+}
+
 // ---- building requests ----
 
 /// A product update with only its external id set.
