@@ -27,6 +27,57 @@ pub enum Command {
     /// Create, list and revoke the bearer tokens that callers authenticate with.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Stream a POS export (CSV or JSON Lines, or - for standard input) to a server as one
+    /// sync, and print its counts. Exits 0 only when the sync committed (or a dry run
+    /// passed), 2 when the file has bad rows (nothing is sent).
+    Push(PushArgs),
+}
+
+/// Options of `inventory-sync push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The store whose inventory the file holds.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub store: i64,
+    /// Sync with clear: products of the store not in the file are set out of stock.
+    #[arg(long)]
+    pub clear: bool,
+    /// Let the clear set more of the store out of stock than the server's mass-clear guard
+    /// allows.
+    #[arg(long, requires = "clear")]
+    pub allow_mass_clear: bool,
+    /// Check and count everything, commit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How products are identified: external_id (the default) or barcode (the legacy sync).
+    #[arg(long, value_name = "FIELD", default_value = "external_id", value_parser = ["external_id", "barcode"])]
+    pub key: String,
+    /// The sync's idempotency key; one is generated when not given. Every retry of this
+    /// push reuses it, so the sync applies at most once.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "INVENTORY_SYNC_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// A bearer token (see `tokens create`).
+    #[arg(long, env = "INVENTORY_SYNC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate, for an https:// server.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The export: CSV with a header row of field names (barcodes separated by |), or JSON
+    /// Lines of ProductUpdate in the proto JSON mapping; - reads standard input.
+    pub file: PathBuf,
+}
+
+impl PushArgs {
+    pub fn barcode_key(&self) -> bool {
+        self.key == "barcode"
+    }
 }
 
 /// `inventory-sync tokens …`

@@ -55,6 +55,7 @@ async fn run() -> ExitCode {
         Command::Tokens(TokensCommand::Create(args)) => create_token(args).await,
         Command::Tokens(TokensCommand::List(args)) => list_tokens(args).await,
         Command::Tokens(TokensCommand::Revoke(args)) => revoke_token(args.id, &args.database).await,
+        Command::Push(args) => return inventory_sync::push::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

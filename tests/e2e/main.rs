@@ -12,6 +12,7 @@ mod guards;
 mod history;
 mod match_queue;
 mod model;
+mod push;
 mod reads;
 mod replicas;
 mod serving;

@@ -493,10 +493,15 @@ pub struct Served {
     pub first_admin_token: Option<String>,
 }
 
-/// Starts `inventory-sync serve` in `dir` on a free port, with `extra` arguments.
+/// Starts `inventory-sync serve` in `dir` on a free port (unless `extra` names one), with
+/// `extra` arguments.
 pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inventory-sync"));
+    command.arg("serve");
+    if !extra.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = command
         .args(extra)
         .current_dir(dir)
         .env_remove("DATABASE_URL")
