@@ -14,8 +14,26 @@ use crate::sync::{FieldLimits, SyncLimits};
 #[derive(Debug, Parser)]
 #[command(name = "inventory-sync", version, about, long_about = None)]
 pub struct Cli {
+    /// How log lines are written to stderr: text for people, json (one object per line,
+    /// with every span field such as store_id and sync_id) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The subcommands of `inventory-sync`.

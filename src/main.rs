@@ -8,7 +8,7 @@ use clap::Parser;
 use inventory_sync::activity::Activity;
 use inventory_sync::auth::{self, Authenticator, Role};
 use inventory_sync::config::{
-    Cli, Command, CreateTokenArgs, DatabaseArgs, ServeArgs, TokensCommand,
+    Cli, Command, CreateTokenArgs, DatabaseArgs, LogFormat, ServeArgs, TokensCommand,
 };
 use inventory_sync::server::{self, AppState};
 use inventory_sync::store::Database;
@@ -41,15 +41,21 @@ fn use_one_malloc_arena() {
 }
 
 async fn run() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Tokens(TokensCommand::Create(args)) => create_token(args).await,

@@ -154,3 +154,41 @@ fn help_lists_the_serve_subcommand_and_its_flags() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_with_log_format_json() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--insecure-no-auth", "--database-url", "logs.db"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = loop {
+        let line = lines
+            .next()
+            .expect("the server logs that it serves")
+            .unwrap();
+        let entry: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
+        if entry["fields"]["listen"].is_string() {
+            break entry;
+        }
+    };
+    assert!(serving["fields"]["message"].is_string(), "{serving}");
+    std::thread::spawn(move || for _ in lines {});
+    let endpoint = format!("http://{}", serving["fields"]["listen"].as_str().unwrap());
+    let mut client = InventorySyncClient::connect(endpoint).await.unwrap();
+    assert!(list(&mut client, 1).await.is_empty(), "it serves");
+    drop(client);
+    assert!(terminate(child).await.success());
+}
