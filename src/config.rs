@@ -154,6 +154,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Serve Prometheus metrics as text on http://ADDR/metrics (off when not given).
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 

@@ -14,6 +14,7 @@
 //! - [`store`]: the database: SQLite and PostgreSQL behind one type, all SQL in one place.
 //! - [`auth`]: bearer tokens, roles, and who may call what.
 //! - [`push`]: the `push` command, a client that streams a POS export file as one sync.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`activity`]: what is in flight right now (syncs, products), for operators and tests.
 //! - [`pb`]: code generated from `proto/inventory/v1/inventory.proto`.
 
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod matching;
+pub mod metrics;
 pub mod pb;
 pub mod push;
 pub mod server;

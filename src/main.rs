@@ -10,6 +10,7 @@ use inventory_sync::auth::{self, Authenticator, Role};
 use inventory_sync::config::{
     Cli, Command, CreateTokenArgs, DatabaseArgs, LogFormat, ServeArgs, TokensCommand,
 };
+use inventory_sync::metrics::{self, Metrics};
 use inventory_sync::server::{self, AppState};
 use inventory_sync::store::Database;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -100,10 +101,23 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| format!("cannot listen on {address} for metrics: {error}"))?,
+        ),
+        None => None,
+    };
+    let metrics_address = match &metrics_listener {
+        Some(listener) => listener.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         database = %args.database.database_url,
         tls = tls.is_some(),
+        metrics = %metrics_address,
         "inventory-sync is serving"
     );
     let state = AppState {
@@ -113,8 +127,27 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_message_bytes: args.max_message_bytes,
         auth,
         tls,
+        metrics: Metrics::default(),
     };
-    server::run(listener, state, shutdown_signal()).await?;
+    let metrics_server = metrics_listener.map(|listener| {
+        let serve = metrics::serve(
+            listener,
+            state.metrics.clone(),
+            state.activity.clone(),
+            database.clone(),
+            std::future::pending(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "the metrics endpoint failed");
+            }
+        })
+    });
+    let served = server::run(listener, state, shutdown_signal()).await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
+    served?;
     database.close().await;
     tracing::info!("stopped");
     Ok(())

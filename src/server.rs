@@ -11,6 +11,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use crate::activity::Activity;
 use crate::auth::Authenticator;
 use crate::grpc::{InventoryService, MatchQueueService};
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySyncServer;
 use crate::pb::match_queue_server::MatchQueueServer;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Serve TLS (and require client certificates if it says so); plaintext when `None`.
     pub tls: Option<ServerTlsConfig>,
+    pub metrics: Metrics,
 }
 
 /// Why serving stopped with an error.
@@ -51,6 +53,7 @@ pub async fn run(
         state.activity.clone(),
         state.limits.clone(),
         crate::grpc::describe_sync_error,
+        state.metrics.clone(),
     );
     let inventory = InventorySyncServer::new(InventoryService::new(
         engine,

@@ -380,6 +380,15 @@ impl Database {
         }
     }
 
+    /// The pool's open connections and how many of them are idle.
+    pub fn pool_connections(&self) -> (u32, u32) {
+        let (size, idle) = match self {
+            Database::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Database::Postgres(pool) => (pool.size(), pool.num_idle()),
+        };
+        (size, u32::try_from(idle).unwrap_or(u32::MAX))
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         match self {

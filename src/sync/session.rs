@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -24,6 +24,7 @@ use super::{
     SyncError, SyncLimits, SyncOptions, SyncSummary, Violation, Violations,
 };
 use crate::activity::Activity;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::store::{
     BatchConflict, Database, IdempotencyCheck, MergeOutcome, MergeRequest, MergeRun, NewSyncRun,
@@ -45,6 +46,7 @@ pub struct SyncEngine {
     limits: SyncLimits,
     turns: Arc<Semaphore>,
     describe: DescribeError,
+    metrics: Metrics,
 }
 
 impl SyncEngine {
@@ -53,6 +55,7 @@ impl SyncEngine {
         activity: Activity,
         limits: SyncLimits,
         describe: DescribeError,
+        metrics: Metrics,
     ) -> Self {
         let turns = Arc::new(Semaphore::new(limits.max_concurrent_syncs));
         SyncEngine {
@@ -61,6 +64,7 @@ impl SyncEngine {
             limits,
             turns,
             describe,
+            metrics,
         }
     }
 
@@ -76,6 +80,7 @@ impl SyncEngine {
         options: SyncOptions,
         token_name: &str,
     ) -> Result<SyncSession, SyncError> {
+        let started = Instant::now();
         let sync_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("sync", store_id = options.store_id, sync_id = %sync_id);
         let run = NewSyncRun {
@@ -104,6 +109,8 @@ impl SyncEngine {
             describe: self.describe,
         };
         let refused = |error: SyncError| async {
+            self.metrics
+                .sync_ended(outcome_label(RunOutcome::Rejected), None, started.elapsed());
             history
                 .record(history.ending(&error, RunOutcome::Rejected))
                 .instrument(span.clone())
@@ -140,6 +147,8 @@ impl SyncEngine {
             database: self.database.clone(),
             history: history.clone(),
             ended_early: ended_early.clone(),
+            metrics: self.metrics.clone(),
+            started,
             _turn: turn,
         };
         let worker = tokio::spawn(worker.run().instrument(span.clone()));
@@ -531,6 +540,9 @@ struct Worker {
     database: Database,
     history: RunHistory,
     ended_early: Arc<Mutex<Option<RunEnding>>>,
+    metrics: Metrics,
+    /// When the sync's first message arrived.
+    started: Instant,
     /// Held until the worker ends, so the next sync's turn comes only then.
     _turn: OwnedSemaphorePermit,
 }
@@ -576,6 +588,13 @@ impl Worker {
             }
             Err(error) => Some(self.history.ending(error, RunOutcome::Rejected)),
         };
+        let outcome = ending
+            .as_ref()
+            .and_then(|ending| ending.outcome)
+            .unwrap_or(RunOutcome::Committed);
+        let counts = result.as_ref().ok().map(|merged| &merged.counts);
+        self.metrics
+            .sync_ended(outcome_label(outcome), counts, self.started.elapsed());
         if let Some(ending) = ending {
             self.history.record(ending).await;
         }
@@ -726,6 +745,19 @@ impl Worker {
                 percent: (self.limits.max_clear_fraction * 100.0).round() as u32,
             }),
         }
+    }
+}
+
+/// How an outcome is named in metrics.
+fn outcome_label(outcome: RunOutcome) -> &'static str {
+    match outcome {
+        RunOutcome::Running => "running",
+        RunOutcome::Committed => "committed",
+        RunOutcome::DryRun => "dry_run",
+        RunOutcome::Rejected => "rejected",
+        RunOutcome::Aborted => "aborted",
+        RunOutcome::TimedOut => "timed_out",
+        RunOutcome::Replayed => "replayed",
     }
 }
 

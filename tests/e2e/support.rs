@@ -122,6 +122,7 @@ impl TestServer {
             max_message_bytes: config.max_message_bytes,
             auth,
             tls: config.tls,
+            metrics: inventory_sync::metrics::Metrics::default(),
         };
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = tokio::spawn(server::run(listener, state, async {
@@ -491,6 +492,8 @@ pub struct Served {
     pub child: Child,
     pub endpoint: String,
     pub first_admin_token: Option<String>,
+    /// The log line that says the server is serving, with its addresses.
+    pub serving_line: String,
 }
 
 /// Starts `inventory-sync serve` in `dir` on a free port (unless `extra` names one), with
@@ -521,15 +524,17 @@ pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
             first_admin_token = Some(line.trim().to_owned());
         }
         if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
+            break (rest.split_whitespace().next().unwrap().to_owned(), line);
         }
     };
+    let (address, serving_line) = address;
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Served {
         child,
         endpoint: format!("http://{address}"),
         first_admin_token,
+        serving_line,
     }
 }
 
