@@ -233,6 +233,11 @@ pub struct LimitArgs {
     /// replays the first answer (e.g. "7days").
     #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
+
+    /// How often a running sync marks its history run alive; a run silent for 3 of these is
+    /// recorded as aborted (its server stopped) by any server on the database.
+    #[arg(long, env = "SYNC_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sync_heartbeat: Duration,
 }
 
 impl LimitArgs {
@@ -251,6 +256,7 @@ impl LimitArgs {
             queue_timeout: self.sync_queue_timeout,
             idle_timeout: self.stream_idle_timeout,
             idempotency_retention: self.idempotency_retention,
+            heartbeat: self.sync_heartbeat,
             ..SyncLimits::default()
         }
     }

@@ -16,7 +16,7 @@ use crate::pb;
 use crate::pb::inventory_sync_server::InventorySyncServer;
 use crate::pb::match_queue_server::MatchQueueServer;
 use crate::store::Database;
-use crate::sync::{SyncEngine, SyncLimits};
+use crate::sync::{SyncEngine, SyncLimits, reap_silent_runs};
 
 /// Everything the services share.
 #[derive(Debug, Clone)]
@@ -61,8 +61,9 @@ pub async fn run(
         state.auth.clone(),
     ))
     .max_decoding_message_size(state.max_message_bytes);
-    let match_queue = MatchQueueServer::new(MatchQueueService::new(state.database, state.auth))
-        .max_decoding_message_size(state.max_message_bytes);
+    let match_queue =
+        MatchQueueServer::new(MatchQueueService::new(state.database.clone(), state.auth))
+            .max_decoding_message_size(state.max_message_bytes);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -85,13 +86,21 @@ pub async fn run(
     if let Some(tls) = state.tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    // Runs of syncs whose server stopped are recorded as aborted by the servers still up
+    // (a restarted one included).
+    let reaper = tokio::spawn(reap_silent_runs(
+        state.database.clone(),
+        state.limits.heartbeat,
+    ));
+    let served = builder
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(inventory)
         .add_service(match_queue)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .await;
+    reaper.abort();
+    served?;
     Ok(())
 }

@@ -91,6 +91,11 @@ pub struct SyncRunRecord {
     pub replay_of: Option<String>,
 }
 
+/// What the history says of a sync whose server stopped under it. Its client saw the
+/// connection break: gRPC's UNAVAILABLE.
+pub(super) const SERVER_STOPPED: &str = "the server stopped during the sync; nothing was committed";
+pub(super) const UNAVAILABLE_CODE: i32 = 14;
+
 pub(super) const SYNC_RUN_COLUMNS: &str = "id, store_id, started_at, finished_at, clear, dry_run, \
      key_field, skip_invalid, allow_mass_clear, expected_count, idempotency_key, outcome, \
      status_code, status_message, received, created, updated, unchanged, cleared, linked, \
@@ -105,8 +110,8 @@ macro_rules! history_queries {
             sqlx::query(
                 "INSERT INTO sync_runs (id, store_id, started_at, clear, dry_run, key_field,
                      skip_invalid, allow_mass_clear, expected_count, idempotency_key, outcome,
-                     token_name)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     token_name, heartbeat_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $3)",
             )
             .bind(run.id)
             .bind(run.store_id)
@@ -157,6 +162,44 @@ macro_rules! history_queries {
             .execute(pool)
             .await?;
             Ok(())
+        }
+
+        /// Marks a running sync alive at `now`.
+        pub(super) async fn touch_sync_run(
+            pool: &sqlx::Pool<$database>,
+            id: &str,
+            now: i64,
+        ) -> Result<(), $crate::store::StoreError> {
+            sqlx::query("UPDATE sync_runs SET heartbeat_at = $2 WHERE id = $1 AND outcome = $3")
+                .bind(id)
+                .bind(now)
+                .bind($crate::store::RunOutcome::Running.code())
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        /// Records the running syncs not marked alive since `silent_since` as aborted: their
+        /// server stopped (their transactions, if any, rolled back with its connections).
+        pub(super) async fn abort_silent_sync_runs(
+            pool: &sqlx::Pool<$database>,
+            silent_since: i64,
+            now: i64,
+        ) -> Result<u64, $crate::store::StoreError> {
+            let aborted = sqlx::query(
+                "UPDATE sync_runs SET outcome = $1, finished_at = $2, status_code = $3,
+                     status_message = $4
+                 WHERE outcome = $5 AND heartbeat_at < $6",
+            )
+            .bind($crate::store::RunOutcome::Aborted.code())
+            .bind(now)
+            .bind($crate::store::history::UNAVAILABLE_CODE)
+            .bind($crate::store::history::SERVER_STOPPED)
+            .bind($crate::store::RunOutcome::Running.code())
+            .bind(silent_since)
+            .execute(pool)
+            .await?;
+            Ok(aborted.rows_affected())
         }
 
         pub(super) async fn sync_run(

@@ -357,6 +357,28 @@ impl Database {
         }
     }
 
+    /// Marks a running sync alive.
+    pub async fn touch_sync_run(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::touch_sync_run(pool, id, now).await,
+            Database::Postgres(pool) => postgres::touch_sync_run(pool, id, now).await,
+        }
+    }
+
+    /// Records running syncs not marked alive since `silent_since` as aborted; how many.
+    pub async fn abort_silent_sync_runs(
+        &self,
+        silent_since: i64,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::abort_silent_sync_runs(pool, silent_since, now).await,
+            Database::Postgres(pool) => {
+                postgres::abort_silent_sync_runs(pool, silent_since, now).await
+            }
+        }
+    }
+
     /// One sync run by id.
     pub async fn sync_run(&self, id: &str) -> Result<Option<SyncRunRecord>, StoreError> {
         match self {

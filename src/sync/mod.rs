@@ -13,7 +13,7 @@ pub use product::{
     MAX_PRICE_DECIMALS, Price, ProductChange, SyncKey,
 };
 pub(crate) use session::now_micros;
-pub use session::{SyncEngine, SyncSession};
+pub use session::{SyncEngine, SyncSession, reap_silent_runs};
 pub use violation::{Violation, Violations};
 
 use std::time::Duration;
@@ -41,7 +41,13 @@ pub struct SyncLimits {
     pub idle_timeout: Duration,
     /// How long a committed idempotency key is honoured.
     pub idempotency_retention: Duration,
+    /// How often a running sync marks its history run alive. A run silent for
+    /// [`SILENT_HEARTBEATS`] of these is recorded as aborted: its server stopped.
+    pub heartbeat: Duration,
 }
+
+/// Missed heartbeats after which a running sync is taken for aborted.
+pub const SILENT_HEARTBEATS: u32 = 3;
 
 impl Default for SyncLimits {
     fn default() -> Self {
@@ -54,6 +60,7 @@ impl Default for SyncLimits {
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             idempotency_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            heartbeat: Duration::from_secs(10),
         }
     }
 }

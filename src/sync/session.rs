@@ -151,7 +151,22 @@ impl SyncEngine {
             started,
             _turn: turn,
         };
-        let worker = tokio::spawn(worker.run().instrument(span.clone()));
+        let heartbeat = tokio::spawn(
+            keep_alive(
+                self.database.clone(),
+                sync_id.clone(),
+                self.limits.heartbeat,
+            )
+            .instrument(span.clone()),
+        );
+        let worker = tokio::spawn(
+            async move {
+                let result = worker.run().await;
+                heartbeat.abort();
+                result
+            }
+            .instrument(span.clone()),
+        );
         span.in_scope(|| {
             info!(
                 key = ?options.key,
@@ -627,6 +642,7 @@ impl Worker {
         self.staging.stage_all(batches).await?;
         match finish {
             Some((received, violations, rejections, request_hash)) => {
+                info!(received, "upload complete; checking and merging");
                 self.staging.prepare_checks().await?;
                 self.merge(received, violations, rejections, request_hash)
                     .await
@@ -744,6 +760,36 @@ impl Worker {
                 in_stock,
                 percent: (self.limits.max_clear_fraction * 100.0).round() as u32,
             }),
+        }
+    }
+}
+
+/// Marks a sync's history run alive every `interval` until aborted.
+async fn keep_alive(database: Database, sync_id: String, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await; // the first tick is immediate; the run was just written
+    loop {
+        ticks.tick().await;
+        if let Err(error) = database.touch_sync_run(&sync_id, now_micros()).await {
+            warn!(%error, "could not mark the sync alive in its history");
+        }
+    }
+}
+
+/// Records, every `interval`, the runs of syncs whose server stopped (their heartbeats
+/// stopped) as aborted. Every server does it; the UPDATE is idempotent.
+pub async fn reap_silent_runs(database: Database, interval: std::time::Duration) {
+    let silence = interval * super::SILENT_HEARTBEATS;
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        let now = now_micros();
+        let silent_since =
+            now.saturating_sub(i64::try_from(silence.as_micros()).unwrap_or(i64::MAX));
+        match database.abort_silent_sync_runs(silent_since, now).await {
+            Ok(0) => {}
+            Ok(aborted) => info!(aborted, "recorded syncs of a stopped server as aborted"),
+            Err(error) => warn!(%error, "could not look for syncs of stopped servers"),
         }
     }
 }

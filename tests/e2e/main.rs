@@ -8,6 +8,7 @@ mod atomicity;
 mod auth;
 mod barcode_sync;
 mod binary;
+mod crash;
 mod guards;
 mod history;
 mod match_queue;

@@ -494,6 +494,8 @@ pub struct Served {
     pub first_admin_token: Option<String>,
     /// The log line that says the server is serving, with its addresses.
     pub serving_line: String,
+    /// The server's later log lines, as it writes them.
+    pub logs: std::sync::mpsc::Receiver<String>,
 }
 
 /// Starts `inventory-sync serve` in `dir` on a free port (unless `extra` names one), with
@@ -529,12 +531,19 @@ pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
     };
     let (address, serving_line) = address;
     // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (log, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            // Nobody may be listening; the log is drained all the same.
+            let _ = log.send(line);
+        }
+    });
     Served {
         child,
         endpoint: format!("http://{address}"),
         first_admin_token,
         serving_line,
+        logs,
     }
 }
 
