@@ -18,6 +18,9 @@ use tracing_subscriber::EnvFilter;
 
 type Failure = Box<dyn std::error::Error>;
 
+/// How often `serve` probes the database for its health status.
+const DATABASE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> ExitCode {
     use_one_malloc_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -128,6 +131,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         auth,
         tls,
         metrics: Metrics::default(),
+        database_check_interval: DATABASE_CHECK_INTERVAL,
     };
     let metrics_server = metrics_listener.map(|listener| {
         let serve = metrics::serve(

@@ -3,10 +3,14 @@
 //! requests in flight finish; a sync whose stream is cut commits nothing.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::activity::Activity;
 use crate::auth::Authenticator;
@@ -31,6 +35,8 @@ pub struct AppState {
     /// Serve TLS (and require client certificates if it says so); plaintext when `None`.
     pub tls: Option<ServerTlsConfig>,
     pub metrics: Metrics,
+    /// How often the database is probed; health says NOT_SERVING while it is unreachable.
+    pub database_check_interval: Duration,
 }
 
 /// Why serving stopped with an error.
@@ -86,6 +92,11 @@ pub async fn run(
     if let Some(tls) = state.tls {
         builder = builder.tls_config(tls)?;
     }
+    let database_watch = tokio::spawn(watch_database(
+        state.database.clone(),
+        health_reporter.clone(),
+        state.database_check_interval,
+    ));
     // Runs of syncs whose server stopped are recorded as aborted by the servers still up
     // (a restarted one included).
     let reaper = tokio::spawn(reap_silent_runs(
@@ -101,6 +112,38 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     reaper.abort();
+    database_watch.abort();
     served?;
     Ok(())
+}
+
+/// Probes the database every `interval` and reports the services NOT_SERVING while it
+/// cannot be reached, SERVING again once it can: load balancers then route around a replica
+/// cut off from the database, and back to it without a restart.
+async fn watch_database(database: Database, health: HealthReporter, interval: Duration) {
+    let mut reachable = true;
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        let probe = tokio::time::timeout(interval.max(Duration::from_secs(1)), database.ping());
+        let now_reachable = matches!(probe.await, Ok(Ok(())));
+        if now_reachable == reachable {
+            continue;
+        }
+        reachable = now_reachable;
+        let status = if reachable {
+            tracing::info!("the database is reachable again; serving");
+            ServingStatus::Serving
+        } else {
+            tracing::warn!("the database is unreachable; health reports NOT_SERVING");
+            ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            <InventorySyncServer<InventoryService> as NamedService>::NAME,
+            <MatchQueueServer<MatchQueueService> as NamedService>::NAME,
+        ] {
+            health.set_service_status(service, status).await;
+        }
+    }
 }

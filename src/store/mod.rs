@@ -402,6 +402,15 @@ impl Database {
         }
     }
 
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
     /// The pool's open connections and how many of them are idle.
     pub fn pool_connections(&self) -> (u32, u32) {
         let (size, idle) = match self {

@@ -18,12 +18,15 @@ use super::{
 use crate::sync::StagedProduct;
 
 const MAX_CONNECTIONS: u32 = 16;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long staging waits for a connection to look up a batch's stored products.
 const LOOKUP_CONNECTION_WAIT: Duration = Duration::from_millis(500);
 
 pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
+        // A database that cannot be reached answers UNAVAILABLE soon, not after 30 s.
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;

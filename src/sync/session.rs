@@ -191,7 +191,7 @@ impl SyncEngine {
             history,
             ended_early,
             commands,
-            worker,
+            worker: Some(worker),
         })
     }
 }
@@ -381,7 +381,8 @@ pub struct SyncSession {
     /// How the sync ended, when the handler ended it (the worker only sees its queue close).
     ended_early: Arc<Mutex<Option<RunEnding>>>,
     commands: mpsc::Sender<Command>,
-    worker: JoinHandle<Result<Merged, SyncError>>,
+    /// Taken when joined: a finished task's result can be taken once.
+    worker: Option<JoinHandle<Result<Merged, SyncError>>>,
 }
 
 impl SyncSession {
@@ -485,7 +486,7 @@ impl SyncSession {
             rejections,
             replay_of,
             ..
-        } = join(&mut self.worker).await?;
+        } = self.join_worker().await?;
         let mut rejected = rejections.kept;
         rejected.sort_by_key(|rejection| rejection.index);
         let replayed = replay_of.is_some();
@@ -527,22 +528,31 @@ impl SyncSession {
 
     async fn end_early(mut self, ending: RunEnding) {
         *self.ended_early.lock().expect("the lock is never poisoned") = Some(ending);
-        drop(self.commands);
-        let _ = join(&mut self.worker).await;
+        let worker = self.worker.take();
+        drop(self);
+        // Dropping the session closed the queue. The worker may have been joined already
+        // (it failed first); then it is done.
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
     }
 
     async fn worker_error(&mut self) -> SyncError {
-        match join(&mut self.worker).await {
+        match self.join_worker().await {
             Err(error) => error,
             Ok(_) => SyncError::Worker("the worker ended before the sync did".to_owned()),
         }
     }
-}
 
-async fn join(worker: &mut JoinHandle<Result<Merged, SyncError>>) -> Result<Merged, SyncError> {
-    worker
-        .await
-        .map_err(|error| SyncError::Worker(error.to_string()))?
+    async fn join_worker(&mut self) -> Result<Merged, SyncError> {
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| SyncError::Worker("the worker was joined already".to_owned()))?;
+        worker
+            .await
+            .map_err(|error| SyncError::Worker(error.to_string()))?
+    }
 }
 
 /// The database side of one sync; runs as a task of its own.

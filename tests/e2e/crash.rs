@@ -144,6 +144,13 @@ async fn kill_during(backend: Backend, moment: Option<&str>) {
         }
         kill(&mut served);
     } else {
+        // Kill only once the server has started the sync (it may still be buffering the
+        // stream before its handler runs).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while runs(&mut client).await.len() < 2 {
+            assert!(Instant::now() < deadline, "the big sync never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         kill(&mut served);
         drop(messages);
     }
@@ -170,7 +177,11 @@ async fn kill_during(backend: Backend, moment: Option<&str>) {
     );
     if big == 0 {
         assert_eq!(after, before, "{backend:?}: none of the sync is there");
-        assert_eq!(run.outcome, SyncOutcome::Aborted as i32, "{backend:?}");
+        assert_eq!(
+            run.outcome,
+            SyncOutcome::Aborted as i32,
+            "{backend:?}: {run:?}"
+        );
         assert!(run.status_message.contains("server stopped"), "{run:?}");
     } else {
         // It committed just before the kill: all of it is there.

@@ -13,6 +13,7 @@ mod guards;
 mod history;
 mod match_queue;
 mod model;
+mod outage;
 mod push;
 mod reads;
 mod replicas;

@@ -36,6 +36,7 @@ pub struct Config {
     /// Check bearer tokens (off by default: most tests are about other things).
     pub authenticated: bool,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub database_check_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -45,6 +46,7 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             authenticated: false,
             tls: None,
+            database_check_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -104,6 +106,17 @@ impl TestServer {
                 (DatabaseUrl::Postgres(url), None, Some((admin_url, name)))
             }
         };
+        Some(Self::start_on(url, config, sqlite_dir, postgres_database).await)
+    }
+
+    /// Starts a server on the database at `url`; `sqlite_dir` and `postgres_database` (admin
+    /// URL and name) are removed when it is dropped.
+    pub async fn start_on(
+        url: DatabaseUrl,
+        config: Config,
+        sqlite_dir: Option<tempfile::TempDir>,
+        postgres_database: Option<(String, String)>,
+    ) -> TestServer {
         let database = Database::connect(&url)
             .await
             .expect("connect to the test database");
@@ -123,12 +136,13 @@ impl TestServer {
             auth,
             tls: config.tls,
             metrics: inventory_sync::metrics::Metrics::default(),
+            database_check_interval: config.database_check_interval,
         };
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = tokio::spawn(server::run(listener, state, async {
             let _ = stop.await;
         }));
-        Some(TestServer {
+        TestServer {
             addr,
             activity,
             database,
@@ -136,7 +150,7 @@ impl TestServer {
             serving: Some(serving),
             _sqlite_dir: sqlite_dir,
             postgres_database,
-        })
+        }
     }
 
     pub fn endpoint(&self) -> String {
