@@ -238,6 +238,76 @@ async fn timed_sync(
     }
 }
 
+/// `inventory-sync push` of CSV exports of a tenth of `products` and of all of them: its wall
+/// time and its own peak RSS, which must not grow with the file (it streams it).
+async fn push_memory(server: &Server, dir: &std::path::Path, products: usize) {
+    let mut peaks = Vec::new();
+    for (store, count) in [(7_001, (products / 10).max(1)), (7_002, products)] {
+        let path = dir.join(format!("export-{count}.csv"));
+        let mut csv = String::from("external_id,barcodes,in_stock,price,name,unit_size,category\n");
+        for n in 0..count {
+            use std::fmt::Write;
+            writeln!(
+                csv,
+                "p{n},{n:013},{},{}.99,Product number {n},750ML,wine",
+                n % 50,
+                5 + n % 90
+            )
+            .unwrap();
+        }
+        std::fs::write(&path, csv).unwrap();
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
+            .args([
+                "push",
+                "--store",
+                &store.to_string(),
+                "--server",
+                &server.endpoint,
+            ])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start push");
+        // VmHWM only grows; its last reading before the exit is the peak.
+        let mut peak_kib = 0.0f64;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            if let Some(kib) = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "push failed");
+        let measured = Measured {
+            seconds: started.elapsed().as_secs_f64(),
+            products: count,
+            peak_mib: peak_kib / 1024.0,
+        };
+        print(
+            Backend::Sqlite,
+            &format!("push of a {count}-row CSV (push's own RSS)"),
+            &measured,
+        );
+        peaks.push(measured.peak_mib);
+        let _ = std::fs::remove_file(&path);
+    }
+    println!(
+        "  push peak RSS {products} / {} rows {:>6.2}  (flat: memory does not grow with the file)",
+        (products / 10).max(1),
+        peaks[1] / peaks[0]
+    );
+}
+
 fn header(store_id: i64, clear: bool) -> pb::SyncHeader {
     pb::SyncHeader {
         store_id,
@@ -435,6 +505,10 @@ async fn bench(backend: Backend, products: usize, dir: &std::path::Path) -> Opti
         &format!("{CONCURRENT_SYNCS} concurrent syncs of {CONCURRENT_PRODUCTS} ({succeeded} ok)"),
         &concurrent,
     );
+
+    if backend == Backend::Sqlite {
+        push_memory(&server, dir, products).await;
+    }
 
     timed_sync(&server, header(9_000, false), SMALL_STORE, |_| false).await;
     let crowded_clear = timed_sync(&server, header(9_000, true), SMALL_STORE, |n| n % 2 == 0).await;

@@ -192,3 +192,39 @@ async fn push_retries_until_the_server_is_up() {
     assert!(stdout.contains("created 10"), "{stdout}");
     terminate(served.child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_draws_a_progress_bar_on_a_terminal() {
+    let Some(server) = TestServer::start(Backend::Sqlite).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.csv");
+    std::fs::write(&file, csv_export(20_000, 1)).unwrap();
+    let command = format!(
+        "{} push --store {STORE} --server {} {}",
+        env!("CARGO_BIN_EXE_inventory-sync"),
+        server.endpoint(),
+        file.display()
+    );
+    // `script` runs the command on a pseudo-terminal and copies what it draws.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let drawn = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{drawn}");
+    assert!(
+        drawn.contains("/20000 products") && drawn.contains("ETA"),
+        "{drawn}"
+    );
+    assert!(
+        !drawn.contains("sent 20000 of"),
+        "no plain lines on a terminal: {drawn}"
+    );
+    assert!(drawn.contains("created 20000"), "{drawn}");
+}
