@@ -138,7 +138,9 @@ async fn kill_during(backend: Backend, moment: Option<&str>) {
                 .logs
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("the server logs the moment");
-            if line.contains(moment) {
+            // The base sync said so too; wait for the big one.
+            let big_one = format!("received={}", BIG_SYNC_MESSAGES * 1000);
+            if line.contains(moment) && line.contains(&big_one) {
                 break;
             }
         }
