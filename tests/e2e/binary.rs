@@ -281,7 +281,13 @@ async fn metrics_count_syncs_by_outcome_and_products_by_change() {
         4.0
     );
     assert_eq!(sample(&body, "inventory_sync_syncs_in_flight"), 0.0);
-    assert!(sample(&body, "inventory_sync_database_connections{state=\"idle\"}") >= 1.0);
+    // The pool keeps its connections open; at any moment some may be busy (history tasks).
+    let open = sample(&body, "inventory_sync_database_connections{state=\"idle\"}")
+        + sample(
+            &body,
+            "inventory_sync_database_connections{state=\"in_use\"}",
+        );
+    assert!(open >= 1.0, "{body}");
     drop(client);
     assert!(terminate(served.child).await.success());
 }
