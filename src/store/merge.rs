@@ -78,6 +78,11 @@ pub struct MergeRequest {
     /// The sync's idempotency key: a merge whose key already committed for the store
     /// changes nothing.
     pub idempotency: Option<IdempotencyCheck>,
+    /// Whether the batch was checked for products repeating an external id or a barcode.
+    /// If not, a merge of products that are all new lets the live tables' unique keys
+    /// find repeats (the checks then run only for a batch that has some), and any other
+    /// merge answers [`MergeOutcome::BatchUnchecked`] before it writes.
+    pub batch_checked: bool,
 }
 
 /// What the history records of a committed merge besides its own counts.
@@ -132,6 +137,8 @@ pub enum MergeOutcome {
     /// Nothing done: the idempotency key committed before, in run `run_id`, with other
     /// content.
     KeyReused { run_id: String },
+    /// Rolled back: the batch must be checked first (see [`MergeRequest::batch_checked`]).
+    BatchUnchecked,
 }
 
 /// Positions come back from SQL as BIGINT; they were written from `u64` positions.
@@ -243,7 +250,7 @@ fn in_stream_order(mut conflicts: Vec<BatchConflict>, limit: usize) -> Vec<Batch
 /// `$generation` is the store's sync generation read under the lock; `$resolved_at` the one
 /// as of which staging resolved products and marked them unchanged, if it did.
 macro_rules! merge_into_locked_store {
-    ($tx:ident, $statements:ident, $request:ident, $abandoned:ident, $generation:expr, $resolved_at:expr) => {{
+    ($tx:ident, $statements:ident, $request:ident, $abandoned:ident, $generation:expr, $target:expr) => {{
         use $crate::store::merge::StoredConflictRows;
         use $crate::store::sql;
         use $crate::store::{MergeCounts, MergeOutcome, sql_limit};
@@ -285,7 +292,7 @@ macro_rules! merge_into_locked_store {
                 .bind(store_id)
                 .execute(&mut *$tx)
                 .await?;
-        } else if $resolved_at != Some($generation) {
+        } else if $target.resolved_at != Some($generation) {
             // Another sync wrote to the store during the upload: what staging saw may be
             // stale (products created since, marks no longer true).
             sqlx::query($statements.stage_barcodes_of_unchanged)
@@ -299,7 +306,16 @@ macro_rules! merge_into_locked_store {
                 .execute(&mut *$tx)
                 .await?;
         }
-        if let Some(index) = $statements.index_resolved_products {
+        // Then no staged product matches a stored one: the steps for stored products have
+        // nothing to do, and skipping them spares a pass over the staged rows each.
+        let only_new = $target.stages_only_new_products($generation);
+        if !only_new && !$request.batch_checked {
+            $tx.rollback().await?;
+            return Ok(MergeOutcome::BatchUnchecked);
+        }
+        if let Some(index) = $statements.index_resolved_products
+            && !only_new
+        {
             sqlx::query(index).execute(&mut *$tx).await?;
         }
 
@@ -372,20 +388,24 @@ macro_rules! merge_into_locked_store {
         } else {
             0
         };
-        sqlx::query($statements.delete_replaced_barcodes)
-            .bind(store_id)
-            .execute(&mut *$tx)
-            .await?;
-        sqlx::query(sql::INSERT_REPLACEMENT_BARCODES)
-            .bind(store_id)
-            .execute(&mut *$tx)
-            .await?;
-        let updated = sqlx::query($statements.update_changed_products.as_str())
-            .bind(store_id)
-            .bind($request.now)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected();
+        let updated = if only_new {
+            0
+        } else {
+            sqlx::query($statements.delete_replaced_barcodes)
+                .bind(store_id)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query(sql::INSERT_REPLACEMENT_BARCODES)
+                .bind(store_id)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query($statements.update_changed_products.as_str())
+                .bind(store_id)
+                .bind($request.now)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected()
+        };
         // The clear runs before new products exist, so it needs to tell apart only the
         // listed stored products (those resolved) from the unlisted ones.
         let cleared = if $request.clear {
@@ -398,36 +418,51 @@ macro_rules! merge_into_locked_store {
         } else {
             0
         };
-        let created = match $statements.insert_new_products_with_barcodes {
-            // One statement creates the products and their barcodes, ids drawn as it goes.
-            Some(statement) => {
-                let created: i64 = sqlx::query_scalar(sql::COUNT_NEW_PRODUCTS)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                sqlx::query(statement)
-                    .bind(store_id)
-                    .bind($request.now)
-                    .execute(&mut *$tx)
-                    .await?;
-                created as u64
+        let inserted: Result<u64, sqlx::Error> = async {
+            Ok(match $statements.insert_new_products_with_barcodes {
+                // One statement creates the products and their barcodes, ids drawn as it
+                // goes.
+                Some(statement) => {
+                    let created: i64 = sqlx::query_scalar(sql::COUNT_NEW_PRODUCTS)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                    sqlx::query(statement)
+                        .bind(store_id)
+                        .bind($request.now)
+                        .execute(&mut *$tx)
+                        .await?;
+                    created as u64
+                }
+                // Ids are drawn into the staged rows first, and the barcodes follow them.
+                None => {
+                    sqlx::query($statements.allocate_new_product_ids)
+                        .execute(&mut *$tx)
+                        .await?;
+                    let created = sqlx::query($statements.insert_new_products.as_str())
+                        .bind(store_id)
+                        .bind($request.now)
+                        .execute(&mut *$tx)
+                        .await?
+                        .rows_affected();
+                    sqlx::query(sql::INSERT_NEW_PRODUCT_BARCODES)
+                        .bind(store_id)
+                        .execute(&mut *$tx)
+                        .await?;
+                    created
+                }
+            })
+        }
+        .await;
+        let created = match inserted {
+            Ok(created) => created,
+            // An unchecked batch repeats an external id or a barcode.
+            Err(sqlx::Error::Database(error))
+                if error.is_unique_violation() && !$request.batch_checked =>
+            {
+                $tx.rollback().await?;
+                return Ok(MergeOutcome::BatchUnchecked);
             }
-            // Ids are drawn into the staged rows first, and the barcodes follow them.
-            None => {
-                sqlx::query($statements.allocate_new_product_ids)
-                    .execute(&mut *$tx)
-                    .await?;
-                let created = sqlx::query($statements.insert_new_products.as_str())
-                    .bind(store_id)
-                    .bind($request.now)
-                    .execute(&mut *$tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query(sql::INSERT_NEW_PRODUCT_BARCODES)
-                    .bind(store_id)
-                    .execute(&mut *$tx)
-                    .await?;
-                created
-            }
+            Err(error) => return Err(error.into()),
         };
 
         if let Some(fraction) = $request.max_clear_fraction {

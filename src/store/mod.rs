@@ -448,7 +448,16 @@ impl Staging {
         }
     }
 
-    /// Readies the staged batch for the checks and the merge (derived rows, statistics).
+    /// Readies the staged batch for the merge (statistics), once the upload is complete.
+    pub async fn prepare_merge(&mut self) -> Result<(), StoreError> {
+        match self {
+            Staging::Sqlite(_) => Ok(()),
+            Staging::Postgres(staging) => staging.prepare_merge().await,
+        }
+    }
+
+    /// Readies the staged batch for its checks and the merge of stored products (derived
+    /// rows); once, before the first check or a merge with `batch_checked`.
     pub async fn prepare_checks(&mut self) -> Result<(), StoreError> {
         match self {
             Staging::Sqlite(_) => Ok(()),
@@ -506,6 +515,15 @@ struct StagingTarget {
     resolved_at: Option<i64>,
     /// Look up each batch's stored products: an external-id sync of a store that has any.
     look_up: bool,
+}
+
+impl StagingTarget {
+    /// Whether every staged product is new to the store: an external-id sync of a store
+    /// that had no products when the upload began, and no sync has written to it since
+    /// (only syncs create products, and a sync that writes advances the generation).
+    fn stages_only_new_products(&self, generation: i64) -> bool {
+        !self.look_up && self.resolved_at == Some(generation)
+    }
 }
 
 /// The staged form of a product's optional text fields.

@@ -3,6 +3,8 @@
 //! transaction that holds the store's row lock.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -21,6 +23,9 @@ const MAX_CONNECTIONS: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long staging waits for a connection to look up a batch's stored products.
 const LOOKUP_CONNECTION_WAIT: Duration = Duration::from_millis(500);
+/// Batches looked up ahead of the one going into the `COPY`, each on a connection of its
+/// own while its lookup runs.
+const LOOKUPS_AHEAD: usize = 2;
 
 pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     let pool = PgPoolOptions::new()
@@ -55,77 +60,104 @@ impl Staging {
     }
 
     /// The stored products of a batch, matched to its products, on a connection borrowed
-    /// for the lookup. Should none come free soon (every connection busy), staging goes on
-    /// without lookups: they only save work, and the merge resolves what they did not.
+    /// for the lookup; `None` when none came free soon (every connection busy).
     async fn look_up(
         pool: &PgPool,
-        target: &mut StagingTarget,
+        store_id: i64,
         products: &[StagedProduct],
-    ) -> Result<Vec<Option<StoredMatch>>, StoreError> {
-        let unmatched = || vec![None; products.len()];
-        if !target.look_up {
-            return Ok(unmatched());
-        }
+    ) -> Result<Option<Vec<Option<StoredMatch>>>, StoreError> {
         let Ok(connection) = tokio::time::timeout(LOOKUP_CONNECTION_WAIT, pool.acquire()).await
         else {
-            tracing::warn!("no database connection free for lookups; staging without them");
-            target.look_up = false;
-            target.resolved_at = None;
-            return Ok(unmatched());
+            return Ok(None);
         };
         let mut connection = connection?;
-        let statement = format!(
-            "{} WHERE store_id = $1 AND external_id = ANY($2)",
-            POSTGRES.select_stored_fields
-        );
-        let stored: Vec<StoredFields> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
-            .bind(target.store_id)
+        let stored: Vec<StoredFields> = sqlx::query_as(POSTGRES.select_stored_fields.as_str())
+            .bind(store_id)
             .bind(unchanged::external_ids(products))
             .fetch_all(&mut *connection)
             .await?;
-        Ok(unchanged::match_batch(products, stored))
+        Ok(Some(unchanged::match_batch(products, stored)))
     }
 
     /// Streams every batch into `staged_products` through one `COPY`, open for the whole
     /// upload: one round trip per batch and none to wait for. (Each short `COPY` would end
     /// with a small write that waits out delayed acknowledgements.) Barcodes travel in the
     /// product rows and are split out by [`Staging::prepare_checks`].
+    ///
+    /// The next batches are looked up on other connections while a batch's rows go out,
+    /// so the upload does not stop for each lookup's round trip. Should lookups find no
+    /// connection, staging goes on without them: they only save work, and the merge
+    /// resolves what they did not.
     pub(super) async fn stage_all(
         &mut self,
-        mut batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
+        batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
     ) -> Result<(), StoreError> {
-        let first = loop {
-            match batches.next().await {
-                None => return Ok(()),
-                Some(batch) if batch.is_empty() => continue,
-                Some(batch) => break batch,
-            }
+        let lookups_on = Arc::new(AtomicBool::new(self.target.look_up));
+        let pool = self.pool.clone();
+        let store_id = self.target.store_id;
+        let looked_up = batches
+            .filter(|batch| std::future::ready(!batch.is_empty()))
+            .map(|batch| {
+                let pool = pool.clone();
+                let lookups_on = Arc::clone(&lookups_on);
+                async move {
+                    let matches = if lookups_on.load(Ordering::Relaxed) {
+                        Self::look_up(&pool, store_id, &batch).await?
+                    } else {
+                        None
+                    };
+                    if matches.is_none() {
+                        lookups_on.store(false, Ordering::Relaxed);
+                    }
+                    Ok::<_, StoreError>((batch, matches))
+                }
+            })
+            .buffered(LOOKUPS_AHEAD);
+        let mut looked_up = std::pin::pin!(looked_up);
+        // No `COPY` for a sync without products.
+        let Some(mut next) = looked_up.next().await else {
+            return Ok(());
         };
         let statement = format!("COPY {} FROM STDIN", sql::STAGED_PRODUCT_COLUMNS);
         let mut copy = self.connection.copy_in_raw(&statement).await?;
-        let matches = Self::look_up(&self.pool, &mut self.target, &first).await?;
-        copy.send(copy_rows(&first, &matches).buffer.into_bytes())
-            .await?;
-        while let Some(batch) = batches.next().await {
-            if !batch.is_empty() {
-                let matches = Self::look_up(&self.pool, &mut self.target, &batch).await?;
-                copy.send(copy_rows(&batch, &matches).buffer.into_bytes())
-                    .await?;
+        loop {
+            let (batch, matches) = next?;
+            let matches = matches.unwrap_or_else(|| {
+                if self.target.look_up {
+                    tracing::warn!("no database connection free for lookups; staging without them");
+                    self.target.look_up = false;
+                    self.target.resolved_at = None;
+                }
+                vec![None; batch.len()]
+            });
+            copy.send(copy_rows(&batch, &matches).buffer.into_bytes())
+                .await?;
+            match looked_up.next().await {
+                Some(looked_up_batch) => next = looked_up_batch,
+                None => break,
             }
         }
         copy.finish().await?;
         Ok(())
     }
 
-    /// Splits the staged barcodes into their own rows, and gives the planner statistics:
-    /// temporary tables get none on their own, and without them it guesses a handful of
-    /// rows and picks nested loops over a million.
+    /// Gives the planner statistics of the staged products: temporary tables get none on
+    /// their own, and without them it guesses a handful of rows and picks nested loops and
+    /// sorts made for those over a million.
+    pub(super) async fn prepare_merge(&mut self) -> Result<(), StoreError> {
+        sqlx::raw_sql("ANALYZE staged_products")
+            .execute(&mut *self.connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Splits the staged barcodes into their own rows, with statistics, for the checks of
+    /// the batch and the merge of stored products.
     pub(super) async fn prepare_checks(&mut self) -> Result<(), StoreError> {
         sqlx::raw_sql(
             "INSERT INTO staged_barcodes (idx, barcode)
                  SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
                  WHERE barcodes IS NOT NULL AND NOT unchanged;
-             ANALYZE staged_products;
              ANALYZE staged_barcodes;",
         )
         .execute(&mut *self.connection)
@@ -155,14 +187,7 @@ impl Staging {
             .bind(request.store_id)
             .fetch_one(&mut *tx)
             .await?;
-        merge_into_locked_store!(
-            tx,
-            POSTGRES,
-            request,
-            abandoned,
-            generation,
-            self.target.resolved_at
-        )
+        merge_into_locked_store!(tx, POSTGRES, request, abandoned, generation, self.target)
     }
 
     staging_common!(sqlx::Postgres, POSTGRES);

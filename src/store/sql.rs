@@ -247,8 +247,9 @@ pub(super) struct Statements {
     pub clear_unlisted_products: &'static str,
     /// See [`STAGED_BATCH`].
     pub stage_compared: String,
-    /// The start of the lookup of a batch's stored products: the columns of
-    /// [`super::unchanged::StoredFields`] `FROM products`; each backend adds its filter.
+    /// The lookup of a batch's stored products on PostgreSQL: the columns of
+    /// [`super::unchanged::StoredFields`] of store `$1`'s products whose external ids are in
+    /// the array `$2`. (SQLite compares while it stages instead.)
     pub select_stored_fields: String,
 }
 
@@ -622,10 +623,15 @@ impl Statements {
                  LEFT JOIN products p ON p.external_id = s.external_id AND p.store_id = ",
                 differs = dialect.differs("s", "p"),
             ),
+            // Joined to the sent ids rather than filtered by `= ANY`: the join probes the
+            // (store_id, external_id) index whatever the statistics say, while the filter,
+            // on a table not analyzed since a big sync, is planned as a scan of the store.
             select_stored_fields: format!(
-                "SELECT id, external_id, barcodes, in_stock, {price} AS price, name, unit_size, \
-                 abv, proof, category FROM products",
-                price = dialect.price_as_text("price"),
+                "SELECT p.id, p.external_id, p.barcodes, p.in_stock, {price} AS price, p.name, \
+                 p.unit_size, p.abv, p.proof, p.category \
+                 FROM UNNEST($2::text[]) AS sent (external_id) \
+                 JOIN products p ON p.store_id = $1 AND p.external_id = sent.external_id",
+                price = dialect.price_as_text("p.price"),
             ),
         }
     }

@@ -214,14 +214,7 @@ impl Staging {
             .bind(request.store_id)
             .fetch_one(&mut *tx)
             .await?;
-        merge_into_locked_store!(
-            tx,
-            SQLITE,
-            request,
-            abandoned,
-            generation,
-            self.target.resolved_at
-        )
+        merge_into_locked_store!(tx, SQLITE, request, abandoned, generation, self.target)
     }
 
     staging_common!(sqlx::Sqlite, SQLITE);

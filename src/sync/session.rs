@@ -653,7 +653,7 @@ impl Worker {
         match finish {
             Some((received, violations, rejections, request_hash)) => {
                 info!(received, "upload complete; checking and merging");
-                self.staging.prepare_checks().await?;
+                self.staging.prepare_merge().await?;
                 self.merge(received, violations, rejections, request_hash)
                     .await
             }
@@ -673,11 +673,18 @@ impl Worker {
         {
             return Err(SyncError::CountMismatch { expected, received });
         }
+        // A batch that is failing anyway reports its repeats along with its other errors,
+        // and skip_invalid must know what to skip; otherwise the merge may find repeats
+        // more cheaply (see `MergeRequest::batch_checked`).
+        let batch_checked = self.options.skip_invalid || !violations.is_empty();
+        if batch_checked {
+            self.staging.prepare_checks().await?;
+        }
         if self.options.skip_invalid {
             for conflict in self.staging.skip_batch_conflicts().await? {
                 rejections.conflict(conflict);
             }
-        } else if violations.room() > 0 {
+        } else if !violations.is_empty() && violations.room() > 0 {
             for conflict in self.staging.batch_conflicts(violations.room()).await? {
                 violations.push(conflict.into());
             }
@@ -687,7 +694,7 @@ impl Worker {
             return Err(SyncError::Invalid(violations));
         }
 
-        let request = MergeRequest {
+        let mut request = MergeRequest {
             store_id: self.options.store_id,
             key: self.options.key,
             clear: self.options.clear,
@@ -715,9 +722,23 @@ impl Worker {
                             .unwrap_or(i64::MAX),
                     ),
                 }),
+            batch_checked,
         };
         let queue = &self.queue;
-        match self.staging.merge(&request, || queue.is_closed()).await? {
+        let mut outcome = self.staging.merge(&request, || queue.is_closed()).await?;
+        if outcome == MergeOutcome::BatchUnchecked {
+            self.staging.prepare_checks().await?;
+            for conflict in self.staging.batch_conflicts(violations.room()).await? {
+                violations.push(conflict.into());
+            }
+            if !violations.is_empty() {
+                violations.sort();
+                return Err(SyncError::Invalid(violations));
+            }
+            request.batch_checked = true;
+            outcome = self.staging.merge(&request, || queue.is_closed()).await?;
+        }
+        match outcome {
             MergeOutcome::Applied { counts, skipped } => {
                 for conflict in skipped {
                     rejections.conflict(conflict);
@@ -762,6 +783,9 @@ impl Worker {
                 key: self.options.idempotency_key.clone().unwrap_or_default(),
                 run_id,
             }),
+            MergeOutcome::BatchUnchecked => Err(SyncError::Worker(
+                "the merge asked for the batch's checks after they ran".to_owned(),
+            )),
             MergeOutcome::MassClear {
                 would_clear,
                 in_stock,

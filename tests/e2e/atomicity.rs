@@ -91,6 +91,32 @@ backend_tests! {
         );
     }
 
+    async fn a_sync_into_an_empty_store_updates_what_another_sync_created_meanwhile(server) {
+        // The store has no products when the first sync begins, so it stages everything as
+        // new; a second sync creates some of them before the first one merges. Serially
+        // (second, then first) the first sync updates those and creates the rest.
+        let mut client = server.client().await;
+        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
+        let mut call_client = client.clone();
+        let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
+        let first_batch = vec![stocked("a", 1), stocked("b", 1)];
+        messages.send(pb::SyncRequest { header: Some(header(STORE)), products: first_batch }).await.unwrap();
+        messages.send(pb::SyncRequest { header: None, products: vec![stocked("c", 1)] }).await.unwrap();
+        server.activity.wait_until(|now| now.products_in_flight >= 3).await;
+
+        let meanwhile = vec![stocked("a", 7), stocked("b", 7)];
+        let second = sync(&mut client, header(STORE), meanwhile).await.unwrap();
+        assert_eq!(second.created, 2);
+
+        drop(messages);
+        let first = call.await.unwrap().unwrap().into_inner();
+        assert_eq!((first.created, first.updated, first.unchanged), (1, 2, 0));
+        assert_eq!(
+            stock(&mut client, STORE).await,
+            vec![("a".into(), Some(1)), ("b".into(), Some(1)), ("c".into(), Some(1))]
+        );
+    }
+
     async fn concurrent_syncs_of_different_stores_do_not_touch_each_other(server) {
         let mut tasks = Vec::new();
         for store in 1..=8 {

@@ -84,6 +84,36 @@ backend_tests! {
         assert_eq!(list(&mut client, STORE).await, before);
     }
 
+    async fn repeats_in_the_first_sync_of_a_store_are_refused_the_same_way(server) {
+        // The store has no products, so the merge lets the live tables' unique keys find
+        // the repeats; the answer and the untouched store must not differ.
+        let mut client = server.client().await;
+        for dry_run in [false, true] {
+            let repeated_id = vec![stocked("a", 1), stocked("b", 1), stocked("a", 2)];
+            let status = sync(&mut client, pb::SyncHeader { dry_run, ..header(STORE) }, repeated_id)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert_eq!(violated_fields(&status), ["products[2].external_id"]);
+            assert!(status.message().contains("products[0]"), "{}", status.message());
+
+            let shared_barcode = vec![
+                pb::ProductUpdate { barcodes: vec!["123".into()], ..item("x") },
+                pb::ProductUpdate { barcodes: vec!["456".into(), "123".into()], ..item("y") },
+            ];
+            let status = sync(&mut client, pb::SyncHeader { dry_run, ..header(STORE) }, shared_barcode)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert_eq!(violated_fields(&status), ["products[1].barcodes"]);
+            assert!(status.message().contains("\"123\""), "{}", status.message());
+            assert!(list(&mut client, STORE).await.is_empty(), "nothing was committed");
+        }
+        // Without repeats the same store takes the batch.
+        let created = sync(&mut client, header(STORE), vec![stocked("a", 1), stocked("b", 1)]).await.unwrap();
+        assert_eq!(created.created, 2);
+    }
+
     async fn a_barcode_given_to_two_products_of_the_batch_is_refused(server) {
         let mut client = server.client().await;
         let before = seed(&mut client).await;
