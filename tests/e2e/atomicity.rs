@@ -63,58 +63,18 @@ backend_tests! {
 
     async fn a_resent_stored_state_still_wins_over_a_sync_committed_during_its_upload(server) {
         // The first sync resends what is stored, so while uploading it finds nothing to
-        // change; a second sync then changes those products and commits before the first
-        // one merges. Serially (second, then first) the first sync's values are the last
-        // written, so it must write them after all.
+        // change; the other sync then changes those products.
         let mut client = server.client().await;
         sync(&mut client, header(STORE), vec![stocked("a", 1), stocked("b", 1)]).await.unwrap();
-
-        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
-        let mut call_client = client.clone();
-        let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
-        let resent = vec![stocked("a", 1), stocked("b", 1)];
-        messages.send(pb::SyncRequest { header: Some(header(STORE)), products: resent }).await.unwrap();
-        messages.send(pb::SyncRequest { header: None, products: vec![stocked("c", 1)] }).await.unwrap();
-        // The worker takes the second batch only once the first is staged.
-        server.activity.wait_until(|now| now.products_in_flight >= 3).await;
-
-        let meanwhile = vec![stocked("a", 7), stocked("b", 7)];
-        let second = sync(&mut client, header(STORE), meanwhile).await.unwrap();
-        assert_eq!(second.updated, 2);
-
-        drop(messages);
-        let first = call.await.unwrap().unwrap().into_inner();
-        assert_eq!((first.created, first.updated, first.unchanged), (1, 2, 0));
-        assert_eq!(
-            stock(&mut client, STORE).await,
-            vec![("a".into(), Some(1)), ("b".into(), Some(1)), ("c".into(), Some(1))]
-        );
+        let other = sync_overtaken_during_its_upload(&server).await;
+        assert_eq!(other.updated, 2);
     }
 
     async fn a_sync_into_an_empty_store_updates_what_another_sync_created_meanwhile(server) {
         // The store has no products when the first sync begins, so it stages everything as
-        // new; a second sync creates some of them before the first one merges. Serially
-        // (second, then first) the first sync updates those and creates the rest.
-        let mut client = server.client().await;
-        let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
-        let mut call_client = client.clone();
-        let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
-        let first_batch = vec![stocked("a", 1), stocked("b", 1)];
-        messages.send(pb::SyncRequest { header: Some(header(STORE)), products: first_batch }).await.unwrap();
-        messages.send(pb::SyncRequest { header: None, products: vec![stocked("c", 1)] }).await.unwrap();
-        server.activity.wait_until(|now| now.products_in_flight >= 3).await;
-
-        let meanwhile = vec![stocked("a", 7), stocked("b", 7)];
-        let second = sync(&mut client, header(STORE), meanwhile).await.unwrap();
-        assert_eq!(second.created, 2);
-
-        drop(messages);
-        let first = call.await.unwrap().unwrap().into_inner();
-        assert_eq!((first.created, first.updated, first.unchanged), (1, 2, 0));
-        assert_eq!(
-            stock(&mut client, STORE).await,
-            vec![("a".into(), Some(1)), ("b".into(), Some(1)), ("c".into(), Some(1))]
-        );
+        // new; the other sync creates some of them.
+        let other = sync_overtaken_during_its_upload(&server).await;
+        assert_eq!(other.created, 2);
     }
 
     async fn concurrent_syncs_of_different_stores_do_not_touch_each_other(server) {
@@ -138,4 +98,54 @@ backend_tests! {
             assert!(products.iter().all(|p| p.store_id == store && p.in_stock == Some(store)));
         }
     }
+}
+
+/// Streams a sync of "a" and "b" (in stock 1), then "c", and while it uploads lets another
+/// sync set "a" and "b" to 7 and commit; returns the other sync's answer. Serially (the
+/// other, then this one) this sync's values are the last written, so it must write them
+/// whatever it concluded while staging.
+async fn sync_overtaken_during_its_upload(server: &TestServer) -> pb::SyncResponse {
+    let mut client = server.client().await;
+    let (messages, stream) = mpsc::channel::<pb::SyncRequest>(4);
+    let mut call_client = client.clone();
+    let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
+    let first = vec![stocked("a", 1), stocked("b", 1)];
+    messages
+        .send(pb::SyncRequest {
+            header: Some(header(STORE)),
+            products: first,
+        })
+        .await
+        .unwrap();
+    messages
+        .send(pb::SyncRequest {
+            header: None,
+            products: vec![stocked("c", 1)],
+        })
+        .await
+        .unwrap();
+    // The worker takes the second batch only once the first is staged.
+    server
+        .activity
+        .wait_until(|now| now.products_in_flight >= 3)
+        .await;
+
+    let meanwhile = vec![stocked("a", 7), stocked("b", 7)];
+    let other = sync(&mut client, header(STORE), meanwhile).await.unwrap();
+
+    drop(messages);
+    let overtaken = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        (overtaken.created, overtaken.updated, overtaken.unchanged),
+        (1, 2, 0)
+    );
+    assert_eq!(
+        stock(&mut client, STORE).await,
+        vec![
+            ("a".into(), Some(1)),
+            ("b".into(), Some(1)),
+            ("c".into(), Some(1))
+        ]
+    );
+    other
 }
