@@ -295,7 +295,7 @@ macro_rules! merge_into_locked_store {
         } else if $target.resolved_at != Some($generation) {
             // Another sync wrote to the store during the upload: what staging saw may be
             // stale (products created since, marks no longer true).
-            sqlx::query($statements.stage_barcodes_of_unchanged)
+            sqlx::query($statements.stage_barcodes_of_unchanged.as_str())
                 .execute(&mut *$tx)
                 .await?;
             sqlx::query(sql::FORGET_UNCHANGED)

@@ -118,24 +118,15 @@ impl Dialect {
 
     /// Splits the barcodes of the products marked unchanged into `staged_barcodes` (they
     /// were left out while staging, and the marks are being dropped).
-    fn stage_barcodes_of_unchanged(self) -> &'static str {
+    fn stage_barcodes_of_unchanged(self) -> String {
         match self {
             Dialect::Sqlite => {
-                "WITH RECURSIVE split (idx, barcode, rest) AS (
-                     SELECT idx, '', barcodes || ' ' FROM staged_products
-                     WHERE unchanged AND barcodes IS NOT NULL
-                     UNION ALL
-                     SELECT idx, substr(rest, 1, instr(rest, ' ') - 1),
-                            substr(rest, instr(rest, ' ') + 1)
-                     FROM split WHERE rest <> '')
-                 INSERT INTO staged_barcodes (idx, barcode)
-                 SELECT idx, barcode FROM split WHERE barcode <> ''"
+                format!("{SPLIT_STAGED_BARCODES_OF}unchanged{SPLIT_STAGED_BARCODES_END}")
             }
-            Dialect::Postgres => {
-                "INSERT INTO staged_barcodes (idx, barcode)
+            Dialect::Postgres => "INSERT INTO staged_barcodes (idx, barcode)
                  SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
                  WHERE unchanged AND barcodes IS NOT NULL"
-            }
+                .to_owned(),
         }
     }
 
@@ -243,7 +234,7 @@ pub(super) struct Statements {
     pub index_resolved_products: Option<&'static str>,
     pub insert_new_products_with_barcodes: Option<&'static str>,
     pub delete_replaced_barcodes: &'static str,
-    pub stage_barcodes_of_unchanged: &'static str,
+    pub stage_barcodes_of_unchanged: String,
     pub clear_unlisted_products: &'static str,
     /// See [`STAGED_BATCH`].
     pub stage_compared: String,
@@ -271,12 +262,19 @@ pub(super) const STAGED_BARCODE_COLUMNS: &str = "staged_barcodes (idx, barcode)"
 /// [`Statements::stage_compared`], followed by the bound store id.
 pub(super) const STAGED_BATCH: &str = "WITH batch (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped) AS (";
 
-/// The barcodes of such a batch: `WITH batch (…) AS (VALUES …)`, then this.
-pub(super) const STAGED_BATCH_BARCODES: &str = "WITH batch (idx, barcode) AS (";
-pub(super) const STAGE_CHANGED_BARCODES: &str = ")
+/// SQLite splits the barcode lists of staged products into `staged_barcodes`, for the
+/// products that meet a condition written between these two (`barcodes` is the
+/// space-separated list the product was staged with).
+pub(super) const SPLIT_STAGED_BARCODES_OF: &str = "
+    WITH RECURSIVE split (idx, barcode, rest) AS (
+        SELECT idx, '', barcodes || ' ' FROM staged_products
+        WHERE barcodes IS NOT NULL AND ";
+pub(super) const SPLIT_STAGED_BARCODES_END: &str = "
+        UNION ALL
+        SELECT idx, substr(rest, 1, instr(rest, ' ') - 1), substr(rest, instr(rest, ' ') + 1)
+        FROM split WHERE rest <> '')
     INSERT INTO staged_barcodes (idx, barcode)
-    SELECT b.idx, b.barcode FROM batch b JOIN staged_products s ON s.idx = b.idx
-    WHERE NOT s.unchanged";
+    SELECT idx, barcode FROM split WHERE barcode <> ''";
 
 // ---- checks of the batch alone, before the merge; `$1` = how many to report ----
 

@@ -9,18 +9,18 @@ use futures::{Stream, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
+use tokio::sync::mpsc;
 
 use super::sql::{self, SQLITE};
-use super::{
-    BatchConflict, MergeOutcome, MergeRequest, StagingTarget, StoreError, staged_barcodes,
-};
-use crate::sync::StagedProduct;
+use super::{BatchConflict, MergeOutcome, MergeRequest, StagingTarget, StoreError};
+use crate::sync::{Barcodes, Price, StagedProduct};
 
 /// How long a writer waits for another writer's merge before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_CONNECTIONS: u32 = 16;
-/// Products per INSERT while staging; 13 parameters each stays far below SQLite's limit.
-const PRODUCTS_PER_INSERT: usize = 500;
+/// Products per INSERT while staging: a usual message's worth. 13 parameters each stays far
+/// below SQLite's limit of 32,766.
+const PRODUCTS_PER_INSERT: usize = 1_000;
 /// Barcodes per INSERT while staging; 2 parameters each.
 const BARCODES_PER_INSERT: usize = 2_000;
 
@@ -107,86 +107,44 @@ impl Staging {
         }
     }
 
+    /// Binding a batch's values costs about as much as SQLite's own work on them, and that
+    /// work runs on the connection's thread: this task binds the next batch while that
+    /// thread writes the one before.
     pub(super) async fn stage_all(
         &mut self,
         mut batches: impl Stream<Item = Vec<StagedProduct>> + Unpin,
     ) -> Result<(), StoreError> {
-        while let Some(batch) = batches.next().await {
-            if !batch.is_empty() {
-                self.stage(&batch).await?;
+        let target = self.target;
+        let (bound, mut to_write) = mpsc::channel(1);
+        let bind = async move {
+            while let Some(batch) = batches.next().await {
+                if batch.is_empty() {
+                    continue;
+                }
+                if bound.send(bind_batch(batch, &target)).await.is_err() {
+                    // The writer failed; it reports why.
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        let write = async {
+            while let Some(statements) = to_write.recv().await {
+                self.write_batch(statements).await?;
+            }
+            Ok(())
+        };
+        futures::try_join!(bind, write).map(|_| ())
     }
 
-    async fn stage(&mut self, products: &[StagedProduct]) -> Result<(), StoreError> {
-        let compare = self.target.look_up;
-        // One transaction per batch: a journal sync per batch instead of per statement.
-        // It is a transaction of the temporary database only.
-        let mut tx = self.connection.begin().await?;
-        for chunk in products.chunks(PRODUCTS_PER_INSERT) {
-            let mut insert = if compare {
-                QueryBuilder::<Sqlite>::new(sql::STAGED_BATCH)
-            } else {
-                let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
-                insert.push(sql::STAGED_PRODUCT_COLUMNS).push(" ");
-                insert
-            };
-            insert.push_values(chunk, |mut row, product| {
-                let change = &product.change;
-                row.push_bind(product.index as i64)
-                    .push_bind(change.external_id.clone())
-                    .push_bind(staged_barcodes(change))
-                    .push_bind(change.in_stock)
-                    .push_bind(change.price.as_ref().map(|price| price.to_string()))
-                    .push_bind(change.name.clone())
-                    .push_bind(change.unit_size.clone())
-                    .push_bind(change.abv)
-                    .push_bind(change.proof)
-                    .push_bind(change.category.map(|category| category.code()))
-                    .push_bind(product.skipped);
-                if !compare {
-                    row.push_bind(None::<i64>).push_bind(false);
-                }
-            });
-            if compare {
-                insert
-                    .push(&SQLITE.stage_compared)
-                    .push_bind(self.target.store_id);
-            }
-            insert.build().execute(&mut *tx).await?;
-        }
-        let barcodes: Vec<(i64, &str)> = products
-            .iter()
-            .flat_map(|product| {
-                let index = product.index as i64;
-                product
-                    .change
-                    .barcodes
-                    .iter()
-                    .flat_map(|barcodes| barcodes.as_slice())
-                    .map(move |barcode| (index, barcode.as_str()))
-            })
-            .collect();
-        for chunk in barcodes.chunks(BARCODES_PER_INSERT) {
-            // The barcodes of unchanged products take no part in the checks (see
-            // `unchanged.rs`); the merge splits them out should the marks be dropped.
-            let mut insert = if compare {
-                QueryBuilder::<Sqlite>::new(sql::STAGED_BATCH_BARCODES)
-            } else {
-                let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO ");
-                insert.push(sql::STAGED_BARCODE_COLUMNS).push(" ");
-                insert
-            };
-            insert.push_values(chunk, |mut row, (index, barcode)| {
-                row.push_bind(*index).push_bind(barcode.to_string());
-            });
-            if compare {
-                insert.push(sql::STAGE_CHANGED_BARCODES);
-            }
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+    /// Runs one batch's statements, all in one round trip to the connection's thread. Each
+    /// commits on its own, to the temporary database only: a sync that fails discards its
+    /// staging whole, so nothing needs them to commit together.
+    async fn write_batch(
+        &mut self,
+        mut statements: QueryBuilder<Sqlite>,
+    ) -> Result<(), StoreError> {
+        statements.build().execute(&mut *self.connection).await?;
         Ok(())
     }
 
@@ -218,6 +176,87 @@ impl Staging {
     }
 
     staging_common!(sqlx::Sqlite, SQLITE);
+}
+
+/// The INSERT statements that stage one batch, as one query with its values bound. The
+/// values move from the products into the query: nothing is copied on the way.
+fn bind_batch(products: Vec<StagedProduct>, target: &StagingTarget) -> QueryBuilder<Sqlite> {
+    let compare = target.look_up;
+    let mut query = QueryBuilder::<Sqlite>::new("");
+    let mut barcodes: Vec<(i64, String)> = Vec::new();
+    let first_index = products.first().map(|product| product.index as i64);
+    let chunks = products.len().div_ceil(PRODUCTS_PER_INSERT);
+    let mut products = products.into_iter();
+    for _ in 0..chunks {
+        if compare {
+            query.push(sql::STAGED_BATCH);
+        } else {
+            query.push(format_args!("INSERT INTO {} ", sql::STAGED_PRODUCT_COLUMNS));
+        }
+        query.push_values(
+            products.by_ref().take(PRODUCTS_PER_INSERT),
+            |mut row, product| {
+                let index = product.index as i64;
+                let change = product.change;
+                let joined_barcodes = change.barcodes.as_ref().map(Barcodes::joined);
+                if !compare {
+                    barcodes.extend(
+                        change
+                            .barcodes
+                            .into_iter()
+                            .flat_map(Barcodes::into_vec)
+                            .map(|barcode| (index, barcode)),
+                    );
+                }
+                row.push_bind(index)
+                    .push_bind(change.external_id)
+                    .push_bind(joined_barcodes)
+                    .push_bind(change.in_stock)
+                    .push_bind(change.price.map(Price::into_string))
+                    .push_bind(change.name)
+                    .push_bind(change.unit_size)
+                    .push_bind(change.abv)
+                    .push_bind(change.proof)
+                    .push_bind(change.category.map(|category| category.code()))
+                    .push_bind(product.skipped);
+                if !compare {
+                    row.push_bind(None::<i64>).push_bind(false);
+                }
+            },
+        );
+        if compare {
+            query
+                .push(&SQLITE.stage_compared)
+                .push_bind(target.store_id);
+        }
+        query.push(";\n");
+    }
+    if compare {
+        // Only changed products take part in the checks (see `unchanged.rs`), and in a
+        // re-sync most are unchanged: their barcodes are split out of the rows just staged
+        // (every row from the batch's first index on) rather than bound one by one.
+        if let Some(first) = first_index {
+            query
+                .push(sql::SPLIT_STAGED_BARCODES_OF)
+                .push("NOT unchanged AND idx >= ")
+                .push_bind(first)
+                .push(sql::SPLIT_STAGED_BARCODES_END)
+                .push(";\n");
+        }
+        return query;
+    }
+    let mut barcodes = barcodes.into_iter();
+    for _ in 0..barcodes.len().div_ceil(BARCODES_PER_INSERT) {
+        query.push(format_args!("INSERT INTO {} ", sql::STAGED_BARCODE_COLUMNS));
+        query.push_values(
+            barcodes.by_ref().take(BARCODES_PER_INSERT),
+            |mut row, (index, barcode)| {
+                row.push_bind(index).push_bind(barcode);
+            },
+        );
+        query.push(";\n");
+    }
+    query
 }
 
 #[cfg(test)]

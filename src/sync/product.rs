@@ -122,6 +122,10 @@ impl Price {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl fmt::Display for Price {
@@ -147,6 +151,10 @@ impl Barcodes {
     /// The barcodes in their stored order (sorted).
     pub fn as_slice(&self) -> &[String] {
         &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
     }
 
     /// The stored form: sorted barcodes joined by single spaces. Barcodes contain no

@@ -193,6 +193,37 @@ backend_tests! {
         assert_eq!(ids, sent, "products are created in stream order");
     }
 
+    async fn a_message_larger_than_one_staging_statement_is_staged_whole(server) {
+        // More products and barcodes in one message than one staging INSERT takes (1,000
+        // products, 2,000 barcodes on SQLite), so each message is split, with a short tail.
+        const COUNT: usize = 2_600;
+        let product = |n: usize, in_stock: i64| {
+            let barcodes = [format!("{n:06}1"), format!("{n:06}2")];
+            coded(&format!("p{n}"), &[&barcodes[0], &barcodes[1]], in_stock)
+        };
+        let mut client = server.client().await;
+        let created = send(
+            &mut client,
+            messages(header(STORE), (0..COUNT).map(|n| product(n, 1)).collect(), COUNT),
+        )
+        .await
+        .unwrap();
+        assert_eq!((created.received, created.created), (COUNT as u64, COUNT as u64));
+
+        // Every tenth product changes; the rest, the tail included, are found unchanged.
+        let resync: Vec<_> =
+            (0..COUNT).map(|n| product(n, if n % 10 == 9 { 2 } else { 1 })).collect();
+        let response = send(&mut client, messages(header(STORE), resync, COUNT)).await.unwrap();
+        assert_eq!(
+            (response.created, response.updated, response.unchanged),
+            (0, COUNT as u64 / 10, COUNT as u64 - COUNT as u64 / 10)
+        );
+        let stock = stock(&mut client, STORE).await;
+        assert_eq!(stock.len(), COUNT);
+        let last = get_by_barcode(&mut client, STORE, &format!("{:06}2", COUNT - 1)).await.unwrap();
+        assert_eq!((last.external_id.as_str(), last.in_stock), ("p2599", Some(2)));
+    }
+
     async fn a_sync_with_only_a_header_changes_nothing(server) {
         let mut client = server.client().await;
         sync(&mut client, header(STORE), vec![stocked("a", 1)]).await.unwrap();
