@@ -104,12 +104,13 @@ def environment_with_grpcurl(token=None, binary=None):
 
 
 def first_admin_token(log_path):
-    """The admin token a first start prints on a line of its own."""
+    """The admin token a first start logs (`token=isk_...`)."""
     with open(log_path, encoding="utf-8") as log:
         for line in log:
-            if line.strip().startswith("isk_"):
-                return line.strip()
-    raise SystemExit("the server printed no admin token on its first start")
+            found = re.search(r"token=(isk_[0-9]+_[0-9a-f]+)", line)
+            if found:
+                return found.group(1)
+    raise SystemExit("the server logged no admin token on its first start")
 
 
 def free_port():

@@ -6,7 +6,10 @@
 //! random bits, hex) is checked against the stored SHA-256 hash in constant time. A plain
 //! hash is enough for random secrets of that size; nothing but the hash is ever stored.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -43,6 +46,8 @@ impl Role {
 pub struct Principal {
     /// The token's name, for logs and history; "anonymous" when authentication is off.
     pub name: String,
+    /// The token's id; `None` when authentication is off.
+    pub token_id: Option<i64>,
     pub role: Role,
 }
 
@@ -73,6 +78,7 @@ impl Principal {
     pub fn anonymous_admin() -> Self {
         Principal {
             name: "anonymous".to_owned(),
+            token_id: None,
             role: Role::Admin,
         }
     }
@@ -110,6 +116,11 @@ impl Principal {
                 needed: "matcher or admin",
             }),
         }
+    }
+
+    /// Whether this caller may act on what another token started (an admin may).
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
     }
 
     fn store_denied(&self, store_id: i64) -> AuthError {
@@ -175,6 +186,55 @@ pub async fn create_token(
     Ok(IssuedToken { id, secret })
 }
 
+/// Where the first admin token comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum FirstToken<'a> {
+    /// A new random one.
+    Generated,
+    /// One the operator chose (`isk_<id>_<64 hex digits>`).
+    Seeded(&'a str),
+}
+
+/// Why the first admin token could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(
+        "the seeded admin token is not of the form isk_<id>_<64 hex digits>; make one with \
+         `echo isk_1_$(openssl rand -hex 32)`"
+    )]
+    MalformedSeed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates the database's first admin token, unless it has one or has had tokens: exactly
+/// one of several servers starting at once on a fresh database creates it. Returns the
+/// token if this call created it.
+pub async fn create_first_admin_token(
+    database: &Database,
+    source: FirstToken<'_>,
+) -> Result<Option<IssuedToken>, BootstrapError> {
+    let (id, secret) = match source {
+        FirstToken::Generated => (None, hex::encode(rand::random::<[u8; SECRET_BYTES]>())),
+        FirstToken::Seeded(token) => {
+            let (id, secret) = parse_token(token.trim()).ok_or(BootstrapError::MalformedSeed)?;
+            if id <= 0 || !secret.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+                return Err(BootstrapError::MalformedSeed);
+            }
+            (Some(id), secret.to_owned())
+        }
+    };
+    let token = NewToken {
+        name: "first admin",
+        role: Role::Admin.name(),
+        secret_hash: &hash_secret(&secret),
+        stores: &[],
+        created_at: now_micros(),
+    };
+    let created = database.insert_first_token(&token, id).await?;
+    Ok(created.map(|id| IssuedToken { id, secret }))
+}
+
 /// Revokes a token; `false` if there is no such active token.
 pub async fn revoke_token(database: &Database, id: i64) -> Result<bool, StoreError> {
     database.revoke_token(id, now_micros()).await
@@ -198,22 +258,74 @@ pub async fn list_tokens(database: &Database) -> Result<Vec<TokenSummary>, Store
 }
 
 /// Checks the bearer tokens of calls, or lets every call through when turned off.
+///
+/// A call costs one read of its token's row, so that a revocation (by any process) holds
+/// from the next call on. Nothing is written on a call's path: when a token was last used
+/// is noted in memory and written in the background (see [`Authenticator::record_uses`]),
+/// since on SQLite any write waits for a running sync's merge.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     /// `None` when authentication is off.
     database: Option<Database>,
+    /// Latest use of each token not yet written.
+    uses: Arc<Mutex<HashMap<i64, i64>>>,
+    /// The stores of store tokens seen: they never change once a token exists.
+    stores: Arc<Mutex<HashMap<i64, Vec<i64>>>>,
 }
+
+/// How often the tokens' last uses are written.
+pub const TOKEN_USE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Authenticator {
     pub fn new(database: Database) -> Self {
         Authenticator {
             database: Some(database),
+            uses: Arc::default(),
+            stores: Arc::default(),
         }
     }
 
     /// Every call is an anonymous admin. For development only.
     pub fn disabled() -> Self {
-        Authenticator { database: None }
+        Authenticator {
+            database: None,
+            uses: Arc::default(),
+            stores: Arc::default(),
+        }
+    }
+
+    /// Writes when each token used since the last time was last used; returns how many
+    /// tokens were written.
+    pub async fn record_uses(&self) -> Result<usize, StoreError> {
+        let Some(database) = &self.database else {
+            return Ok(0);
+        };
+        let uses = std::mem::take(&mut *lock(&self.uses));
+        for (&id, &used_at) in &uses {
+            database.touch_token(id, used_at).await?;
+        }
+        Ok(uses.len())
+    }
+
+    /// Writes the tokens' last uses every [`TOKEN_USE_INTERVAL`] until aborted.
+    pub async fn record_uses_periodically(self) {
+        let mut ticks = tokio::time::interval(TOKEN_USE_INTERVAL);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.record_uses().await {
+                tracing::warn!(%error, "could not record when tokens were last used");
+            }
+        }
+    }
+
+    async fn token_stores(&self, database: &Database, id: i64) -> Result<Vec<i64>, StoreError> {
+        if let Some(stores) = lock(&self.stores).get(&id) {
+            return Ok(stores.clone());
+        }
+        let stores = database.token_stores(id).await?;
+        lock(&self.stores).insert(id, stores.clone());
+        Ok(stores)
     }
 
     /// The caller of a request with this `authorization` metadata value.
@@ -240,14 +352,22 @@ impl Authenticator {
         let role = match record.role.as_str() {
             "admin" => Role::Admin,
             "matcher" => Role::Matcher,
-            _ => Role::Store(database.token_stores(id).await?),
+            _ => Role::Store(self.token_stores(database, id).await?),
         };
-        database.touch_token(id, now_micros()).await?;
+        lock(&self.uses).insert(id, now_micros());
         Ok(Principal {
             name: record.name,
+            token_id: Some(id),
             role,
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each holder makes one change to a map: a panic cannot leave it half-changed.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -285,6 +405,7 @@ mod tests {
     fn store_tokens_are_confined_to_their_stores() {
         let store = Principal {
             name: "pos".into(),
+            token_id: Some(1),
             role: Role::Store(vec![7]),
         };
         assert!(store.may_write_store(7).is_ok());
@@ -296,6 +417,7 @@ mod tests {
         assert!(store.may_match().is_err());
         let matcher = Principal {
             name: "team".into(),
+            token_id: Some(2),
             role: Role::Matcher,
         };
         assert!(matcher.may_read_store(8).is_ok());

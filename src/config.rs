@@ -41,7 +41,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the gRPC API (InventorySync, MatchQueue, health, reflection) until SIGTERM or
     /// SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list and revoke the bearer tokens that callers authenticate with.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -177,9 +177,37 @@ pub struct ServeArgs {
     #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Largest decoded gRPC message accepted, in bytes.
+    /// Largest decoded gRPC message accepted, in bytes; a larger one is refused with
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// Database connections for every call but syncs (reads, the matching queue, token
+    /// checks). Syncs have a pool of their own, sized from --max-concurrent-syncs, so that
+    /// syncs holding all of theirs never keep a read waiting.
+    #[arg(long, env = "INVENTORY_SYNC_REQUEST_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub request_connections: u32,
+
+    /// A matcher's claim older than this is pending again (e.g. "30m").
+    #[arg(long, env = "INVENTORY_SYNC_CLAIM_TTL", default_value = "30m",
+          value_parser = humantime::parse_duration)]
+    pub claim_ttl: Duration,
+
+    /// Write the first admin token (made on the first start of a database) to this file,
+    /// readable by its owner only, instead of logging it.
+    #[arg(long, env = "INVENTORY_SYNC_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Use this token (isk_<id>_<64 hex digits>) as the first admin token instead of making
+    /// one; best given through the environment, where other users cannot see it.
+    #[arg(
+        long,
+        env = "INVENTORY_SYNC_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
 
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -216,10 +244,28 @@ pub struct LimitArgs {
           value_parser = parse_fraction)]
     pub max_clear_fraction: f64,
 
-    /// Syncs running at once; more wait for their turn.
+    /// Syncs running at once; more wait for their turn. Each holds a database connection.
     #[arg(long, env = "MAX_CONCURRENT_SYNCS", default_value_t = SyncLimits::default().max_concurrent_syncs,
-          value_parser = parse_positive)]
+          value_parser = parse_sync_count)]
     pub max_concurrent_syncs: usize,
+
+    /// Syncs of one store running or waiting at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED, and other stores' syncs are untouched.
+    #[arg(long, env = "INVENTORY_SYNC_MAX_SYNCS_PER_STORE", default_value_t = SyncLimits::default().max_syncs_per_store,
+          value_parser = parse_sync_count)]
+    pub max_syncs_per_store: usize,
+
+    /// Syncs sent with one token running or waiting at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED. (Not applied with --insecure-no-auth, where there are no tokens.)
+    #[arg(long, env = "INVENTORY_SYNC_MAX_SYNCS_PER_TOKEN", default_value_t = SyncLimits::default().max_syncs_per_token,
+          value_parser = parse_sync_count)]
+    pub max_syncs_per_token: usize,
+
+    /// A sync whose stream is still open this long after its first message is rolled back
+    /// with DEADLINE_EXCEEDED, however steadily its client sends (e.g. "30m").
+    #[arg(long, env = "INVENTORY_SYNC_MAX_SYNC_DURATION", default_value = "30m",
+          value_parser = humantime::parse_duration)]
+    pub max_sync_duration: Duration,
 
     /// How long a sync waits for its turn before RESOURCE_EXHAUSTED (e.g. "10s").
     #[arg(long, env = "SYNC_QUEUE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -253,6 +299,9 @@ impl LimitArgs {
             },
             max_clear_fraction: self.max_clear_fraction,
             max_concurrent_syncs: self.max_concurrent_syncs,
+            max_syncs_per_store: self.max_syncs_per_store,
+            max_syncs_per_token: self.max_syncs_per_token,
+            max_sync_duration: self.max_sync_duration,
             queue_timeout: self.sync_queue_timeout,
             idle_timeout: self.stream_idle_timeout,
             idempotency_retention: self.idempotency_retention,
@@ -262,10 +311,16 @@ impl LimitArgs {
     }
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
+/// Most syncs a limit may allow: each running sync holds a database connection, and
+/// databases take hundreds of connections at most.
+const MAX_SYNC_COUNT: usize = 256;
+
+fn parse_sync_count(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
-        Ok(0) | Err(_) => Err(format!("{text:?} is not a whole number above 0")),
-        Ok(number) => Ok(number),
+        Ok(number @ 1..=MAX_SYNC_COUNT) => Ok(number),
+        _ => Err(format!(
+            "{text:?} is not a whole number from 1 to {MAX_SYNC_COUNT}"
+        )),
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`auth`]: bearer tokens, roles, and who may call what.
 //! - [`push`]: the `push` command, a client that streams a POS export file as one sync.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! - [`quote`]: how a client's values appear in messages: quoted, shortened, bounded.
 //! - [`activity`]: what is in flight right now (syncs, products), for operators and tests.
 //! - [`pb`]: code generated from `proto/inventory/v1/inventory.proto`.
 
@@ -26,6 +27,7 @@ pub mod matching;
 pub mod metrics;
 pub mod pb;
 pub mod push;
+pub mod quote;
 pub mod server;
 pub mod store;
 pub mod sync;

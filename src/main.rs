@@ -6,12 +6,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Parser;
 use inventory_sync::activity::Activity;
-use inventory_sync::auth::{self, Authenticator, Role};
+use inventory_sync::auth::{self, Authenticator, FirstToken, Role};
 use inventory_sync::config::{
     Cli, Command, CreateTokenArgs, DatabaseArgs, LogFormat, ServeArgs, TokensCommand,
 };
 use inventory_sync::metrics::{self, Metrics};
-use inventory_sync::server::{self, AppState};
+use inventory_sync::server::{self, AppState, Databases};
 use inventory_sync::store::Database;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
@@ -69,7 +69,7 @@ async fn run() -> ExitCode {
     }
 
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Tokens(TokensCommand::Create(args)) => create_token(args).await,
         Command::Tokens(TokensCommand::List(args)) => list_tokens(args).await,
         Command::Tokens(TokensCommand::Revoke(args)) => revoke_token(args.id, &args.database).await,
@@ -97,7 +97,20 @@ async fn open(database: &DatabaseArgs) -> Result<Database, Failure> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let database = open(&args.database).await?;
+    let limits = args.limits.sync_limits();
+    let databases = Databases::open(
+        &args.database.database_url,
+        &limits,
+        args.request_connections,
+    )
+    .await
+    .map_err(|error| {
+        format!(
+            "cannot open the database {}: {error}",
+            args.database.database_url
+        )
+    })?;
+    let database = databases.requests.clone();
     let auth = if args.insecure_no_auth {
         tracing::warn!(
             "authentication is OFF (--insecure-no-auth): anyone who reaches the port may read \
@@ -105,7 +118,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         );
         Authenticator::disabled()
     } else {
-        create_first_admin_token(&database).await?;
+        create_first_admin_token(&database, &args).await?;
         Authenticator::new(database.clone())
     };
     let tls = tls_config(&args)?;
@@ -132,21 +145,22 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         "inventory-sync is serving"
     );
     let state = AppState {
-        database: database.clone(),
+        databases: databases.clone(),
         activity: Activity::default(),
-        limits: args.limits.sync_limits(),
+        limits,
         max_message_bytes: args.max_message_bytes,
         auth,
         tls,
         metrics: Metrics::default(),
         database_check_interval: DATABASE_CHECK_INTERVAL,
+        claim_ttl: args.claim_ttl,
     };
     let metrics_server = metrics_listener.map(|listener| {
         let serve = metrics::serve(
             listener,
             state.metrics.clone(),
             state.activity.clone(),
-            database.clone(),
+            databases.syncs.clone(),
             std::future::pending(),
         );
         tokio::spawn(async move {
@@ -160,24 +174,55 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         metrics_server.abort();
     }
     served?;
-    database.close().await;
+    databases.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Secure by default, usable at once: a database without tokens gets an admin token, shown
-/// this once.
-async fn create_first_admin_token(database: &Database) -> Result<(), Failure> {
-    if database.count_tokens().await? > 0 {
+/// Secure by default, usable at once: a database that never had tokens gets an admin
+/// token, logged this once (or written to --admin-token-file, or taken from
+/// --admin-token).
+async fn create_first_admin_token(database: &Database, args: &ServeArgs) -> Result<(), Failure> {
+    let source = match &args.admin_token {
+        Some(seed) => FirstToken::Seeded(seed),
+        None => FirstToken::Generated,
+    };
+    let Some(token) = auth::create_first_admin_token(database, source).await? else {
         return Ok(());
+    };
+    if args.admin_token.is_some() {
+        tracing::info!(
+            id = token.id,
+            "created the first admin token from --admin-token"
+        );
+    } else if let Some(path) = &args.admin_token_file {
+        write_secret(path, &format!("{token}\n"))
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        tracing::info!(
+            id = token.id,
+            file = %path.display(),
+            "created the first admin token and wrote it to the file"
+        );
+    } else {
+        tracing::info!(
+            id = token.id,
+            token = %token,
+            "created the first admin token; it will not be shown again, keep it safe. Pass it \
+             as the metadata \"authorization: Bearer <token>\", and make tokens for stores \
+             and matchers with `inventory-sync tokens create`"
+        );
     }
-    let token = auth::create_token(database, "first admin", &Role::Admin).await?;
-    eprintln!(
-        "\nCreated the first admin token. It will not be shown again; keep it safe:\n\n    {token}\n\n\
-         Pass it as the metadata \"authorization: Bearer <token>\". Make tokens for stores and \
-         matchers with `inventory-sync tokens create`.\n"
-    );
     Ok(())
+}
+
+/// Writes a file only its owner may read.
+fn write_secret(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
 }
 
 fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, Failure> {

@@ -2,13 +2,19 @@
 //! queue of its category, until a matcher claims it and links it to a catalog item. The
 //! transitions are single conditional updates, so two matchers can never both claim one
 //! product; a sync never touches match status or catalog item.
+//!
+//! A claim belongs to the token that made it: only that token (or an admin) may release or
+//! complete it, and a claim older than the claim TTL expires, so that a product whose
+//! matcher went away is pending again.
 
+use std::time::Duration;
+
+use crate::auth::Principal;
 use crate::pb;
-use crate::store::{CatalogItemFields, Database, ProductRecord, StoreError};
+use crate::quote::quoted;
+use crate::store::{CatalogItemFields, Claimant, Database, ProductRecord, StoreError};
 use crate::sync::{FieldError, MAX_NAME_CHARS, Violation, Violations, check_text, now_micros};
 
-/// Longest `claimed_by`, in characters.
-pub const MAX_CLAIMED_BY_CHARS: usize = 128;
 /// Longest catalog producer name, in characters.
 pub const MAX_PRODUCER_CHARS: usize = 256;
 
@@ -25,6 +31,12 @@ pub enum MatchError {
         status: i32,
         action: &'static str,
     },
+    #[error(
+        "product {product_id} is claimed by {}; only that token or an admin may release or \
+         complete it",
+        quoted(claimed_by)
+    )]
+    NotYours { product_id: i64, claimed_by: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,42 +116,72 @@ impl CatalogItem {
 #[derive(Debug, Clone)]
 pub struct MatchQueue {
     database: Database,
+    claim_ttl: Duration,
 }
 
+/// How long a claim holds by default.
+pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(30 * 60);
+
 impl MatchQueue {
-    pub fn new(database: Database) -> Self {
-        MatchQueue { database }
+    pub fn new(database: Database, claim_ttl: Duration) -> Self {
+        MatchQueue {
+            database,
+            claim_ttl,
+        }
     }
 
-    /// PENDING -> IN_PROGRESS, recording who works on it.
-    pub async fn claim(
-        &self,
-        product_id: i64,
-        claimed_by: &str,
-    ) -> Result<ProductRecord, MatchError> {
-        check_product_id(product_id)?;
-        if claimed_by.is_empty() {
-            return Err(invalid(
-                "claimed_by",
-                "claimed_by is missing; say who works on the product",
-            ));
-        }
-        if let Err(error) = check_text("claimed_by", claimed_by, MAX_CLAIMED_BY_CHARS) {
-            return Err(invalid("claimed_by", error.description));
-        }
-        let now = now_micros();
-        let moved = self.database.claim(product_id, claimed_by, now).await?;
-        self.after_transition(product_id, moved, "only a pending product can be claimed")
+    /// Makes products whose claim is older than the claim TTL pending again.
+    pub async fn expire_claims(&self) -> Result<u64, StoreError> {
+        let ttl = i64::try_from(self.claim_ttl.as_micros()).unwrap_or(i64::MAX);
+        self.database
+            .expire_claims(now_micros().saturating_sub(ttl))
             .await
     }
 
-    /// PENDING or IN_PROGRESS -> COMPLETE, storing the catalog item.
+    /// Expires old claims every `interval` until aborted, so that reads outside the queue
+    /// see them pending too.
+    pub async fn expire_claims_periodically(self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            match self.expire_claims().await {
+                Ok(0) => {}
+                Ok(expired) => tracing::info!(expired, "claims expired; the products are pending"),
+                Err(error) => tracing::warn!(%error, "could not expire old claims"),
+            }
+        }
+    }
+
+    /// PENDING -> IN_PROGRESS, claimed by the caller's token.
+    pub async fn claim(
+        &self,
+        product_id: i64,
+        caller: &Principal,
+    ) -> Result<ProductRecord, MatchError> {
+        check_product_id(product_id)?;
+        self.expire_claims().await?;
+        let moved = self
+            .database
+            .claim(product_id, &claimant(caller), now_micros())
+            .await?;
+        self.after_transition(
+            product_id,
+            caller,
+            moved,
+            "only a pending product can be claimed",
+        )
+        .await
+    }
+
+    /// PENDING or IN_PROGRESS -> COMPLETE, storing the catalog item and who matched it.
     pub async fn complete(
         &self,
         product_id: i64,
         item: &CatalogItem,
+        caller: &Principal,
     ) -> Result<ProductRecord, MatchError> {
         check_product_id(product_id)?;
+        self.expire_claims().await?;
         let fields = CatalogItemFields {
             id: item.id,
             kind: item.kind,
@@ -147,10 +189,13 @@ impl MatchQueue {
             vintage: &item.vintage,
             producer: &item.producer,
         };
-        let now = now_micros();
-        let moved = self.database.complete(product_id, &fields, now).await?;
+        let moved = self
+            .database
+            .complete(product_id, &fields, &claimant(caller), now_micros())
+            .await?;
         self.after_transition(
             product_id,
+            caller,
             moved,
             "only a pending or in-progress product can be completed",
         )
@@ -158,11 +203,17 @@ impl MatchQueue {
     }
 
     /// IN_PROGRESS -> PENDING: a matcher gives up.
-    pub async fn release(&self, product_id: i64) -> Result<ProductRecord, MatchError> {
+    pub async fn release(
+        &self,
+        product_id: i64,
+        caller: &Principal,
+    ) -> Result<ProductRecord, MatchError> {
         check_product_id(product_id)?;
-        let moved = self.database.release(product_id).await?;
+        self.expire_claims().await?;
+        let moved = self.database.release(product_id, &claimant(caller)).await?;
         self.after_transition(
             product_id,
+            caller,
             moved,
             "only a product in progress can be released",
         )
@@ -173,6 +224,7 @@ impl MatchQueue {
     async fn after_transition(
         &self,
         product_id: i64,
+        caller: &Principal,
         moved: bool,
         action: &'static str,
     ) -> Result<ProductRecord, MatchError> {
@@ -182,14 +234,30 @@ impl MatchQueue {
             .await?
             .ok_or(MatchError::NotFound { product_id })?;
         if moved {
-            Ok(product)
-        } else {
-            Err(MatchError::WrongStatus {
-                product_id,
-                status: product.match_status,
-                action,
-            })
+            return Ok(product);
         }
+        let claimed_by_another = product.match_status == pb::MatchStatus::InProgress as i32
+            && !caller.is_admin()
+            && product.claimed_by_token != caller.token_id;
+        if claimed_by_another {
+            return Err(MatchError::NotYours {
+                product_id,
+                claimed_by: product.claimed_by.unwrap_or_default(),
+            });
+        }
+        Err(MatchError::WrongStatus {
+            product_id,
+            status: product.match_status,
+            action,
+        })
+    }
+}
+
+fn claimant(caller: &Principal) -> Claimant<'_> {
+    Claimant {
+        name: &caller.name,
+        token_id: caller.token_id,
+        admin: caller.is_admin(),
     }
 }
 

@@ -19,13 +19,69 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySyncServer;
 use crate::pb::match_queue_server::MatchQueueServer;
-use crate::store::Database;
+use crate::store::{Database, DatabaseUrl, PoolSettings, StoreError};
 use crate::sync::{SyncEngine, SyncLimits, reap_silent_runs};
+
+/// The server's two pools of connections to one database. Syncs hold a connection for as
+/// long as they upload; every other call (reads, the matching queue, token checks) has a
+/// pool of its own, so that syncs holding all of theirs never keep it waiting.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    /// Syncs: their staging connections, lookups and history.
+    pub syncs: Database,
+    /// Every other call.
+    pub requests: Database,
+}
+
+/// How often expired claims are made pending for every reader; the queue's own calls
+/// expire them first whenever they run.
+const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Connections a sync pool keeps beyond one per running sync: for the history rows of
+/// syncs waiting for their turn and the heartbeats.
+const SYNC_POOL_HEADROOM: u32 = 2;
+
+impl Databases {
+    /// Opens both pools on `url` and runs the migrations once: the sync pool sized for
+    /// `limits.max_concurrent_syncs`, the request pool with `request_connections`.
+    pub async fn open(
+        url: &DatabaseUrl,
+        limits: &SyncLimits,
+        request_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let running = u32::try_from(limits.max_concurrent_syncs).unwrap_or(u32::MAX);
+        let syncs = Database::connect_with(
+            url,
+            PoolSettings {
+                max_connections: running
+                    .saturating_mul(url.connections_per_sync())
+                    .saturating_add(SYNC_POOL_HEADROOM),
+                run_migrations: true,
+            },
+        )
+        .await?;
+        let requests = Database::connect_with(
+            url,
+            PoolSettings {
+                max_connections: request_connections.max(1),
+                run_migrations: false,
+            },
+        )
+        .await?;
+        Ok(Databases { syncs, requests })
+    }
+
+    /// Closes every connection of both pools.
+    pub async fn close(&self) {
+        self.syncs.close().await;
+        self.requests.close().await;
+    }
+}
 
 /// Everything the services share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub database: Database,
+    pub databases: Databases,
     pub activity: Activity,
     pub limits: SyncLimits,
     /// Largest decoded gRPC message accepted, in bytes.
@@ -37,6 +93,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// How often the database is probed; health says NOT_SERVING while it is unreachable.
     pub database_check_interval: Duration,
+    /// How long a matcher's claim holds before the product is pending again.
+    pub claim_ttl: Duration,
 }
 
 /// Why serving stopped with an error.
@@ -54,8 +112,9 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let Databases { syncs, requests } = state.databases.clone();
     let engine = SyncEngine::new(
-        state.database.clone(),
+        syncs.clone(),
         state.activity.clone(),
         state.limits.clone(),
         crate::grpc::describe_sync_error,
@@ -63,13 +122,21 @@ pub async fn run(
     );
     let inventory = InventorySyncServer::new(InventoryService::new(
         engine,
-        state.database.clone(),
+        requests.clone(),
         state.auth.clone(),
+        state.max_message_bytes,
     ))
     .max_decoding_message_size(state.max_message_bytes);
-    let match_queue =
-        MatchQueueServer::new(MatchQueueService::new(state.database.clone(), state.auth))
-            .max_decoding_message_size(state.max_message_bytes);
+    let match_queue_service =
+        MatchQueueService::new(requests.clone(), state.auth.clone(), state.claim_ttl);
+    let claim_expiry = tokio::spawn(
+        match_queue_service
+            .queue()
+            .clone()
+            .expire_claims_periodically(CLAIM_EXPIRY_INTERVAL),
+    );
+    let match_queue = MatchQueueServer::new(match_queue_service)
+        .max_decoding_message_size(state.max_message_bytes);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -88,21 +155,20 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
-    let mut builder = Server::builder();
+    let mut builder =
+        Server::builder().layer(tower::util::MapResponseLayer::new(oversized_is_exhausted));
     if let Some(tls) = state.tls {
         builder = builder.tls_config(tls)?;
     }
     let database_watch = tokio::spawn(watch_database(
-        state.database.clone(),
+        requests.clone(),
         health_reporter.clone(),
         state.database_check_interval,
     ));
     // Runs of syncs whose server stopped are recorded as aborted by the servers still up
     // (a restarted one included).
-    let reaper = tokio::spawn(reap_silent_runs(
-        state.database.clone(),
-        state.limits.heartbeat,
-    ));
+    let reaper = tokio::spawn(reap_silent_runs(syncs.clone(), state.limits.heartbeat));
+    let token_uses = tokio::spawn(state.auth.clone().record_uses_periodically());
     let served = builder
         .add_service(health)
         .add_service(reflection().build_v1()?)
@@ -113,8 +179,36 @@ pub async fn run(
         .await;
     reaper.abort();
     database_watch.abort();
+    token_uses.abort();
+    claim_expiry.abort();
+    if let Err(error) = state.auth.record_uses().await {
+        tracing::warn!(%error, "could not record when tokens were last used");
+    }
     served?;
     Ok(())
+}
+
+/// tonic answers a received message over the size limit with `OUT_OF_RANGE`; the gRPC
+/// status codes say `RESOURCE_EXHAUSTED`, and clients' retry policies rely on that. (A
+/// sync's own stream is answered by its handler, which also records it in the history.)
+fn oversized_is_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers();
+    let oversized = headers.get("grpc-status").is_some_and(|code| code == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|message| message.to_str().ok())
+            .is_some_and(|message| message.contains("decoded%20message%20length%20too%20large"));
+    if oversized {
+        let status = tonic::Status::resource_exhausted(
+            "the request is larger than the server accepts (--max-message-bytes); send less \
+             in one message",
+        );
+        // Replaces the headers it sets: status, message and details.
+        let _ = status.add_header(response.headers_mut());
+    }
+    response
 }
 
 /// Probes the database every `interval` and reports the services NOT_SERVING while it

@@ -6,30 +6,48 @@ use tracing::Instrument;
 use super::caller;
 use super::convert::micros_from_timestamp;
 use super::pages::{PAGE_SIZE, ProductStream, stream_pages};
-use super::status::invalid_field;
+use super::status::{bounded, invalid_field};
 use crate::auth::Authenticator;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySync;
+use crate::quote::quoted;
 use crate::store::{Database, ProductFilter, ProductKey, RunOutcome};
-use crate::sync::{SyncEngine, SyncError, SyncOptions, SyncSession, Violation};
+use crate::sync::{
+    MAX_EXTERNAL_ID_CHARS, Sender, SyncEngine, SyncError, SyncOptions, SyncSession, Violation,
+    check_text,
+};
 
 /// Serves syncs and reads of one database.
 #[derive(Debug, Clone)]
 pub struct InventoryService {
     engine: SyncEngine,
-    database: Database,
+    /// Reads go to a pool of their own, so that syncs holding every connection of theirs
+    /// never keep a read waiting.
+    reads: Database,
     auth: Authenticator,
+    /// Largest message accepted, for the error that names it.
+    max_message_bytes: usize,
 }
 
 impl InventoryService {
-    pub fn new(engine: SyncEngine, database: Database, auth: Authenticator) -> Self {
+    pub fn new(
+        engine: SyncEngine,
+        reads: Database,
+        auth: Authenticator,
+        max_message_bytes: usize,
+    ) -> Self {
         InventoryService {
             engine,
-            database,
+            reads,
             auth,
+            max_message_bytes,
         }
     }
 }
+
+/// Longest barcode a lookup takes; no stored barcode is longer than the field limit, which
+/// an operator may raise, so this bound only keeps megabyte keys out of the database.
+const MAX_LOOKUP_BARCODE_CHARS: usize = 1024;
 
 #[tonic::async_trait]
 impl InventorySync for InventoryService {
@@ -39,10 +57,18 @@ impl InventorySync for InventoryService {
     ) -> Result<Response<pb::SyncResponse>, Status> {
         let principal = caller(&self.auth, &request).await?;
         let mut stream = request.into_inner();
-        let idle_timeout = self.engine.limits().idle_timeout;
+        let limits = self.engine.limits();
+        let idle_timeout = limits.idle_timeout;
         let first = tokio::time::timeout(idle_timeout, stream.message())
             .await
-            .map_err(|_| SyncError::Idle(idle_timeout))??;
+            .map_err(|_| SyncError::Idle(idle_timeout))?
+            .map_err(|status| self.refused_message(status))?;
+        // The longest a sync may take counts from its first message.
+        let clock = StreamClock {
+            idle_timeout,
+            deadline: tokio::time::Instant::now() + limits.max_sync_duration,
+            max_duration: limits.max_sync_duration,
+        };
         let first = first.ok_or_else(|| {
             invalid_field(
                 "header",
@@ -57,14 +83,24 @@ impl InventorySync for InventoryService {
         })?;
         let options = SyncOptions::try_from(header)?;
         principal.may_write_store(options.store_id)?;
-        let mut session = self.engine.begin(options, &principal.name).await?;
+        let sender = Sender {
+            token_name: &principal.name,
+            token_id: principal.token_id,
+        };
+        let mut session = self.engine.begin(options, sender).await?;
         let span = session.span().clone();
 
         async move {
-            let received = receive_all(&mut session, first.products, &mut stream, idle_timeout);
+            let received = receive_all(&mut session, first.products, &mut stream, clock);
             match received.await {
                 Ok(()) => Ok(Response::new(session.finish().await?.into())),
                 Err(StreamEnd::Sync(error)) => Err(session.abandon(error).await.into()),
+                Err(StreamEnd::Broken(status)) if is_message_too_large(&status) => {
+                    let error = SyncError::MessageTooLarge {
+                        limit: self.max_message_bytes,
+                    };
+                    Err(session.abandon(error).await.into())
+                }
                 Err(StreamEnd::Broken(status)) => {
                     tracing::info!(%status, "the sync's stream failed; nothing committed");
                     let outcome = if status.code() == tonic::Code::Cancelled {
@@ -118,7 +154,7 @@ impl InventorySync for InventoryService {
             },
         };
         let mut runs = self
-            .database
+            .reads
             .sync_runs_page(
                 request.store_id,
                 before.as_deref(),
@@ -147,9 +183,13 @@ impl InventorySync for InventoryService {
         principal.may_read_store(request.store_id)?;
         let key = match request.key {
             Some(pb::get_product_request::Key::ExternalId(id)) if !id.is_empty() => {
+                check_text("external_id", &id, MAX_EXTERNAL_ID_CHARS)
+                    .map_err(|error| invalid_field("external_id", error.description))?;
                 ProductKey::ExternalId(id)
             }
             Some(pb::get_product_request::Key::Barcode(code)) if !code.is_empty() => {
+                check_text("barcode", &code, MAX_LOOKUP_BARCODE_CHARS)
+                    .map_err(|error| invalid_field("barcode", error.description))?;
                 ProductKey::Barcode(code)
             }
             _ => {
@@ -159,17 +199,21 @@ impl InventorySync for InventoryService {
                 ));
             }
         };
-        match self.database.product(request.store_id, &key).await? {
+        match self.reads.product(request.store_id, &key).await? {
             Some(record) => Ok(Response::new(record.into())),
             None => {
                 let (field, value) = match &key {
                     ProductKey::ExternalId(id) => ("external_id", id),
                     ProductKey::Barcode(code) => ("barcode", code),
                 };
-                Err(Status::not_found(format!(
-                    "store {} has no product with {field} {value:?}",
-                    request.store_id
-                )))
+                Err(bounded(
+                    tonic::Code::NotFound,
+                    format!(
+                        "store {} has no product with {field} {}",
+                        request.store_id,
+                        quoted(value)
+                    ),
+                ))
             }
         }
     }
@@ -197,7 +241,7 @@ impl InventorySync for InventoryService {
             updated_since: request.updated_since.as_ref().map(micros_from_timestamp),
         };
 
-        let database = self.database.clone();
+        let database = self.reads.clone();
         let span = tracing::info_span!("list_products", store_id = request.store_id);
         Ok(Response::new(stream_pages(span, move |after_id| {
             let database = database.clone();
@@ -224,20 +268,66 @@ impl From<SyncError> for StreamEnd {
     }
 }
 
+impl InventoryService {
+    /// The answer to a first message that could not be read: one over the size limit is
+    /// `RESOURCE_EXHAUSTED`, as the gRPC status codes say, not tonic's `OUT_OF_RANGE`.
+    fn refused_message(&self, status: Status) -> Status {
+        if is_message_too_large(&status) {
+            SyncError::MessageTooLarge {
+                limit: self.max_message_bytes,
+            }
+            .into()
+        } else {
+            status
+        }
+    }
+}
+
+/// Whether tonic refused a received message for its size.
+pub(crate) fn is_message_too_large(status: &Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status
+            .message()
+            .contains("decoded message length too large")
+}
+
+/// How long a sync's stream may take: between two messages, and in all.
+#[derive(Debug, Clone, Copy)]
+struct StreamClock {
+    idle_timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
+    max_duration: std::time::Duration,
+}
+
+impl StreamClock {
+    /// Waits for the next message, until the client has been idle too long or the sync's
+    /// time is up, whichever comes first. A client trickling messages still meets the
+    /// deadline: a sync cannot hold its seat and connection for as long as it likes.
+    async fn next<T>(&self, message: impl std::future::Future<Output = T>) -> Result<T, SyncError> {
+        let idle_until = tokio::time::Instant::now() + self.idle_timeout;
+        if idle_until < self.deadline {
+            tokio::time::timeout_at(idle_until, message)
+                .await
+                .map_err(|_| SyncError::Idle(self.idle_timeout))
+        } else {
+            tokio::time::timeout_at(self.deadline, message)
+                .await
+                .map_err(|_| SyncError::TooLong(self.max_duration))
+        }
+    }
+}
+
 /// Feeds every message of a sync's stream to its session, until the client half-closes.
 async fn receive_all(
     session: &mut SyncSession,
     first_products: Vec<pb::ProductUpdate>,
     stream: &mut Streaming<pb::SyncRequest>,
-    idle_timeout: std::time::Duration,
+    clock: StreamClock,
 ) -> Result<(), StreamEnd> {
     session.receive(first_products).await?;
     let mut message_number = 1u64;
     loop {
-        // A client that goes silent must not hold a sync (and its connection) open.
-        let next = tokio::time::timeout(idle_timeout, stream.message())
-            .await
-            .map_err(|_| SyncError::Idle(idle_timeout))?;
+        let next = clock.next(stream.message()).await?;
         let Some(message) = next.map_err(StreamEnd::Broken)? else {
             return Ok(());
         };

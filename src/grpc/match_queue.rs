@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::caller;
 use super::pages::{PAGE_SIZE, ProductStream, stream_pages};
 use super::status::invalid_field;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::matching::{CatalogItem, MatchError, MatchQueue};
 use crate::pb;
 use crate::pb::match_queue_server;
@@ -20,18 +20,24 @@ pub struct MatchQueueService {
 }
 
 impl MatchQueueService {
-    pub fn new(database: Database, auth: Authenticator) -> Self {
+    pub fn new(database: Database, auth: Authenticator, claim_ttl: std::time::Duration) -> Self {
         MatchQueueService {
-            queue: MatchQueue::new(database.clone()),
+            queue: MatchQueue::new(database.clone(), claim_ttl),
             database,
             auth,
         }
     }
 
+    /// The queue's transitions, for the server's background expiry of old claims.
+    pub fn queue(&self) -> &MatchQueue {
+        &self.queue
+    }
+
     /// Every queue call takes a matcher or admin token.
-    async fn check_matcher<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        caller(&self.auth, request).await?.may_match()?;
-        Ok(())
+    async fn check_matcher<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principal = caller(&self.auth, request).await?;
+        principal.may_match()?;
+        Ok(principal)
     }
 }
 
@@ -60,6 +66,8 @@ impl match_queue_server::MatchQueue for MatchQueueService {
                 format!("category {} is unknown", request.category),
             ));
         }
+        // Products whose claim expired are listed as pending.
+        self.queue.expire_claims().await?;
         let filter = PendingFilter {
             store_id: request.store_id,
             category: request.category,
@@ -78,12 +86,10 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::Product>, Status> {
-        self.check_matcher(&request).await?;
+        let principal = self.check_matcher(&request).await?;
         let request = request.into_inner();
-        let product = self
-            .queue
-            .claim(request.product_id, &request.claimed_by)
-            .await?;
+        // `claimed_by` of the request is ignored: a claim is the caller's token's.
+        let product = self.queue.claim(request.product_id, &principal).await?;
         Ok(Response::new(product.into()))
     }
 
@@ -91,10 +97,13 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::Product>, Status> {
-        self.check_matcher(&request).await?;
+        let principal = self.check_matcher(&request).await?;
         let request = request.into_inner();
         let item = CatalogItem::from_wire(request.catalog_item).map_err(MatchError::Invalid)?;
-        let product = self.queue.complete(request.product_id, &item).await?;
+        let product = self
+            .queue
+            .complete(request.product_id, &item, &principal)
+            .await?;
         Ok(Response::new(product.into()))
     }
 
@@ -102,9 +111,9 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::Product>, Status> {
-        self.check_matcher(&request).await?;
+        let principal = self.check_matcher(&request).await?;
         let request = request.into_inner();
-        let product = self.queue.release(request.product_id).await?;
+        let product = self.queue.release(request.product_id, &principal).await?;
         Ok(Response::new(product.into()))
     }
 }

@@ -7,6 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
 use crate::matching::MatchError;
+use crate::quote::truncate_bytes;
 use crate::store::StoreError;
 use crate::sync::{SyncError, Violation, Violations};
 
@@ -19,9 +20,22 @@ impl From<SyncError> for Status {
                 tracing::error!(%detail, "sync worker failed");
                 Status::internal(INTERNAL)
             }
-            error => Status::new(sync_error_code(&error), error.to_string()),
+            error => bounded(sync_error_code(&error), error.to_string()),
         }
     }
+}
+
+/// Longest status message, in bytes. A message travels in a trailer, twice (as
+/// `grpc-message` and inside `grpc-status-details-bin`); grpc-core clients refuse a trailer
+/// block over 8 KiB by default and then lose the whole answer.
+pub(crate) const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
+/// A status whose message is cut to [`MAX_STATUS_MESSAGE_BYTES`].
+pub(crate) fn bounded(code: Code, message: impl Into<String>) -> Status {
+    Status::new(
+        code,
+        truncate_bytes(message.into(), MAX_STATUS_MESSAGE_BYTES),
+    )
 }
 
 const INTERNAL: &str = "internal error; the server log has the details";
@@ -32,9 +46,14 @@ fn sync_error_code(error: &SyncError) -> Code {
         SyncError::CountMismatch { .. }
         | SyncError::MassClear { .. }
         | SyncError::IdempotencyKeyReused { .. } => Code::FailedPrecondition,
-        SyncError::TooManyProducts { .. } | SyncError::Busy { .. } => Code::ResourceExhausted,
+        SyncError::TooManyProducts { .. }
+        | SyncError::Busy { .. }
+        | SyncError::StoreBusy { .. }
+        | SyncError::TokenBusy { .. }
+        | SyncError::MessageTooLarge { .. } => Code::ResourceExhausted,
+        SyncError::Revoked => Code::Unauthenticated,
         SyncError::Abandoned => Code::Cancelled,
-        SyncError::Idle(_) => Code::DeadlineExceeded,
+        SyncError::Idle(_) | SyncError::TooLong(_) => Code::DeadlineExceeded,
         SyncError::Store(error) if error.is_unavailable() => Code::Unavailable,
         SyncError::Store(_) | SyncError::Worker(_) => Code::Internal,
     }
@@ -49,7 +68,10 @@ pub(crate) fn describe_sync_error(error: &SyncError) -> (i32, String) {
         SyncError::Store(_) | SyncError::Worker(_) => INTERNAL.to_owned(),
         error => error.to_string(),
     };
-    (code as i32, message)
+    (
+        code as i32,
+        truncate_bytes(message, MAX_STATUS_MESSAGE_BYTES),
+    )
 }
 
 const UNAVAILABLE: &str = "the database is unavailable; retry later";
@@ -57,9 +79,11 @@ const UNAVAILABLE: &str = "the database is unavailable; retry later";
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::Missing | AuthError::Invalid => Status::unauthenticated(error.to_string()),
+            AuthError::Missing | AuthError::Invalid => {
+                bounded(Code::Unauthenticated, error.to_string())
+            }
             AuthError::StoreDenied { .. } | AuthError::RoleDenied { .. } => {
-                Status::permission_denied(error.to_string())
+                bounded(Code::PermissionDenied, error.to_string())
             }
             AuthError::Store(error) => error.into(),
         }
@@ -70,8 +94,9 @@ impl From<MatchError> for Status {
     fn from(error: MatchError) -> Self {
         match error {
             MatchError::Invalid(violations) => invalid_argument(&violations),
-            MatchError::NotFound { .. } => Status::not_found(error.to_string()),
-            MatchError::WrongStatus { .. } => Status::failed_precondition(error.to_string()),
+            MatchError::NotFound { .. } => bounded(Code::NotFound, error.to_string()),
+            MatchError::WrongStatus { .. } => bounded(Code::FailedPrecondition, error.to_string()),
+            MatchError::NotYours { .. } => bounded(Code::PermissionDenied, error.to_string()),
             MatchError::Store(error) => error.into(),
         }
     }
@@ -89,15 +114,18 @@ impl From<StoreError> for Status {
 }
 
 /// How many bytes of violations go into the `BadRequest` detail. It travels base64-encoded
-/// in a trailer, and HTTP/2 clients refuse header blocks over 16 KiB by default (the whole
-/// answer would turn into a protocol error), so the detail stops short of that.
-const DETAIL_BUDGET: usize = 8 * 1024;
+/// in a trailer next to the status message (which it holds once more), and grpc-core
+/// clients take trailer blocks of up to 8 KiB by default (above that they may turn the
+/// whole answer into `RESOURCE_EXHAUSTED`): 3 KiB of detail and 1 KiB of message, twice,
+/// base64- and percent-encoded, stay under that.
+const DETAIL_BUDGET: usize = 3 * 1024;
 
 /// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` detail naming the listed violations,
 /// as many as fit in [`DETAIL_BUDGET`].
 pub(crate) fn invalid_argument(violations: &Violations) -> Status {
     let mut details = ErrorDetails::new();
     let mut budget = DETAIL_BUDGET;
+    let mut listed = 0;
     for violation in violations.kept() {
         // Each entry also costs a few bytes of protobuf framing.
         let size = violation.field.len() + violation.description.len() + 8;
@@ -105,9 +133,11 @@ pub(crate) fn invalid_argument(violations: &Violations) -> Status {
             break;
         }
         budget -= size;
+        listed += 1;
         details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
     }
-    Status::with_error_details(Code::InvalidArgument, violations.to_string(), details)
+    let message = truncate_bytes(violations.summary(listed), MAX_STATUS_MESSAGE_BYTES);
+    Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
 /// `INVALID_ARGUMENT` for one bad request field.

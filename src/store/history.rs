@@ -148,7 +148,10 @@ macro_rules! history_queries {
             .bind(ending.finished_at)
             .bind(ending.outcome.map($crate::store::RunOutcome::code))
             .bind(ending.status_code)
-            .bind(&ending.status_message)
+            .bind($crate::quote::truncate_bytes(
+                ending.status_message.clone(),
+                $crate::store::MAX_STORED_MESSAGE_BYTES,
+            ))
             .bind(counts.received)
             .bind(counts.created)
             .bind(counts.updated)

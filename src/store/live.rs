@@ -75,13 +75,14 @@ macro_rules! live_queries {
         pub(super) async fn claim(
             pool: &sqlx::Pool<$database>,
             product_id: i64,
-            claimed_by: &str,
+            claimant: &$crate::store::Claimant<'_>,
             now: i64,
         ) -> Result<bool, $crate::store::StoreError> {
             let result = sqlx::query($crate::store::sql::CLAIM)
                 .bind(product_id)
-                .bind(claimed_by)
+                .bind(claimant.name)
                 .bind(now)
+                .bind(claimant.token_id)
                 .execute(pool)
                 .await?;
             Ok(result.rows_affected() == 1)
@@ -91,6 +92,7 @@ macro_rules! live_queries {
             pool: &sqlx::Pool<$database>,
             product_id: i64,
             (id, kind, name, vintage, producer): $crate::store::live::CatalogItemRow<'_>,
+            claimant: &$crate::store::Claimant<'_>,
             now: i64,
         ) -> Result<bool, $crate::store::StoreError> {
             let result = sqlx::query($crate::store::sql::COMPLETE)
@@ -101,6 +103,9 @@ macro_rules! live_queries {
                 .bind(vintage)
                 .bind(producer)
                 .bind(now)
+                .bind(claimant.name)
+                .bind(claimant.token_id)
+                .bind(claimant.required_owner())
                 .execute(pool)
                 .await?;
             Ok(result.rows_affected() == 1)
@@ -109,12 +114,32 @@ macro_rules! live_queries {
         pub(super) async fn release(
             pool: &sqlx::Pool<$database>,
             product_id: i64,
+            claimant: &$crate::store::Claimant<'_>,
         ) -> Result<bool, $crate::store::StoreError> {
             let result = sqlx::query($crate::store::sql::RELEASE)
                 .bind(product_id)
+                .bind(claimant.required_owner())
                 .execute(pool)
                 .await?;
             Ok(result.rows_affected() == 1)
+        }
+
+        pub(super) async fn expire_claims(
+            pool: &sqlx::Pool<$database>,
+            claimed_before: i64,
+        ) -> Result<u64, $crate::store::StoreError> {
+            let expired: i64 = sqlx::query_scalar($crate::store::sql::ANY_CLAIM_EXPIRED)
+                .bind(claimed_before)
+                .fetch_one(pool)
+                .await?;
+            if expired == 0 {
+                return Ok(0);
+            }
+            let result = sqlx::query($crate::store::sql::EXPIRE_CLAIMS)
+                .bind(claimed_before)
+                .execute(pool)
+                .await?;
+            Ok(result.rows_affected())
         }
     };
 }

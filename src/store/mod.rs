@@ -29,6 +29,10 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::sync::{ProductChange, StagedProduct, SyncKey};
 
+/// Longest status message a sync's history keeps, in bytes: a page of the history must
+/// stay readable by a client with default message limits.
+pub const MAX_STORED_MESSAGE_BYTES: usize = 1024;
+
 /// Errors of the database layer. They carry SQL detail for the logs; the gRPC edge never
 /// shows them to clients.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot lock {path} to run the migrations alone: {source}")]
+    MigrationLock {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
@@ -79,6 +88,17 @@ impl FromStr for DatabaseUrl {
             ))
         } else {
             Ok(DatabaseUrl::Sqlite(format!("sqlite://{text}")))
+        }
+    }
+}
+
+impl DatabaseUrl {
+    /// Connections one running sync may hold at once: its staging connection, and on
+    /// PostgreSQL the lookups that run ahead of its `COPY`.
+    pub fn connections_per_sync(&self) -> u32 {
+        match self {
+            DatabaseUrl::Sqlite(_) => 1,
+            DatabaseUrl::Postgres(_) => postgres::CONNECTIONS_PER_SYNC,
         }
     }
 }
@@ -148,6 +168,25 @@ pub struct CatalogItemFields<'a> {
     pub producer: &'a str,
 }
 
+/// Who works the matching queue in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimant<'a> {
+    /// The token's name, recorded as `claimed_by`.
+    pub name: &'a str,
+    /// The token's id; `None` when authentication is off.
+    pub token_id: Option<i64>,
+    /// An admin may release or complete anyone's claim.
+    pub admin: bool,
+}
+
+impl Claimant<'_> {
+    /// The token a claim must be held by for this claimant to release or complete it;
+    /// `None` for any.
+    fn required_owner(&self) -> Option<i64> {
+        if self.admin { None } else { self.token_id }
+    }
+}
+
 /// A product as stored, one row of `products`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProductRecord {
@@ -164,8 +203,11 @@ pub struct ProductRecord {
     pub proof: Option<f64>,
     pub category: i32,
     pub match_status: i32,
-    /// Who is matching the product, while it is in progress.
+    /// Who is matching the product while it is in progress, and who matched it once it is
+    /// complete (a token's name).
     pub claimed_by: Option<String>,
+    /// The token of `claimed_by`; `None` when authentication is off.
+    pub claimed_by_token: Option<i64>,
     pub catalog_item_id: Option<i64>,
     pub catalog_kind: Option<i32>,
     pub catalog_name: Option<String>,
@@ -177,12 +219,41 @@ pub struct ProductRecord {
     pub updated_at: i64,
 }
 
+/// How a pool of connections is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// Run the backend's migrations first (once per process is enough; they are
+    /// serialized across processes).
+    pub run_migrations: bool,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            run_migrations: true,
+        }
+    }
+}
+
 impl Database {
     /// Connects (creating a SQLite file if missing) and runs the backend's migrations.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        Self::connect_with(url, PoolSettings::default()).await
+    }
+
+    /// Connects with a pool of the given size.
+    pub async fn connect_with(
+        url: &DatabaseUrl,
+        settings: PoolSettings,
+    ) -> Result<Self, StoreError> {
         match url {
-            DatabaseUrl::Sqlite(url) => Ok(Database::Sqlite(sqlite::connect(url).await?)),
-            DatabaseUrl::Postgres(url) => Ok(Database::Postgres(postgres::connect(url).await?)),
+            DatabaseUrl::Sqlite(url) => Ok(Database::Sqlite(sqlite::connect(url, settings).await?)),
+            DatabaseUrl::Postgres(url) => {
+                Ok(Database::Postgres(postgres::connect(url, settings).await?))
+            }
         }
     }
 
@@ -249,39 +320,56 @@ impl Database {
         }
     }
 
-    /// Moves a pending product to in progress; `false` if it was not pending (or is unknown).
+    /// Moves a pending product to in progress, claimed by `claimant`; `false` if it was not
+    /// pending (or is unknown).
     pub async fn claim(
         &self,
         product_id: i64,
-        claimed_by: &str,
+        claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::claim(pool, product_id, claimed_by, now).await,
-            Database::Postgres(pool) => postgres::claim(pool, product_id, claimed_by, now).await,
+            Database::Sqlite(pool) => sqlite::claim(pool, product_id, claimant, now).await,
+            Database::Postgres(pool) => postgres::claim(pool, product_id, claimant, now).await,
         }
     }
 
-    /// Completes a pending or in-progress product with its catalog item; `false` if it was in
-    /// neither state (or is unknown).
+    /// Completes a pending product, or one in progress that `claimant` may complete, with
+    /// its catalog item; `false` if it was neither (or is unknown).
     pub async fn complete(
         &self,
         product_id: i64,
         item: &CatalogItemFields<'_>,
+        claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
         let row = (item.id, item.kind, item.name, item.vintage, item.producer);
         match self {
-            Database::Sqlite(pool) => sqlite::complete(pool, product_id, row, now).await,
-            Database::Postgres(pool) => postgres::complete(pool, product_id, row, now).await,
+            Database::Sqlite(pool) => sqlite::complete(pool, product_id, row, claimant, now).await,
+            Database::Postgres(pool) => {
+                postgres::complete(pool, product_id, row, claimant, now).await
+            }
         }
     }
 
-    /// Moves an in-progress product back to pending; `false` if it was not in progress.
-    pub async fn release(&self, product_id: i64) -> Result<bool, StoreError> {
+    /// Moves an in-progress product that `claimant` may release back to pending; `false` if
+    /// it was not in progress or is another's.
+    pub async fn release(
+        &self,
+        product_id: i64,
+        claimant: &Claimant<'_>,
+    ) -> Result<bool, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::release(pool, product_id).await,
-            Database::Postgres(pool) => postgres::release(pool, product_id).await,
+            Database::Sqlite(pool) => sqlite::release(pool, product_id, claimant).await,
+            Database::Postgres(pool) => postgres::release(pool, product_id, claimant).await,
+        }
+    }
+
+    /// Makes products claimed before `claimed_before` pending again; how many.
+    pub async fn expire_claims(&self, claimed_before: i64) -> Result<u64, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::expire_claims(pool, claimed_before).await,
+            Database::Postgres(pool) => postgres::expire_claims(pool, claimed_before).await,
         }
     }
 
@@ -290,6 +378,19 @@ impl Database {
         match self {
             Database::Sqlite(pool) => sqlite::insert_token(pool, token).await,
             Database::Postgres(pool) => postgres::insert_token(pool, token).await,
+        }
+    }
+
+    /// Stores the database's first token (an admin), with `id` if given, unless the
+    /// database was bootstrapped before; its id if it was stored.
+    pub async fn insert_first_token(
+        &self,
+        token: &NewToken<'_>,
+        id: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => sqlite::insert_first_token(pool, token, id).await,
+            Database::Postgres(pool) => postgres::insert_first_token(pool, token, id).await,
         }
     }
 

@@ -15,30 +15,41 @@ use sqlx::{Connection, PgPool, Postgres};
 use super::sql::{self, POSTGRES};
 use super::unchanged::{self, StoredFields, StoredMatch};
 use super::{
-    BatchConflict, MergeOutcome, MergeRequest, StagingTarget, StoreError, staged_barcodes,
+    BatchConflict, MergeOutcome, MergeRequest, PoolSettings, StagingTarget, StoreError,
+    staged_barcodes,
 };
 use crate::sync::StagedProduct;
 
-const MAX_CONNECTIONS: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long staging waits for a connection to look up a batch's stored products.
 const LOOKUP_CONNECTION_WAIT: Duration = Duration::from_millis(500);
 /// Batches looked up ahead of the one going into the `COPY`, each on a connection of its
 /// own while its lookup runs.
 const LOOKUPS_AHEAD: usize = 2;
+/// The staging connection and the lookups ahead.
+pub(super) const CONNECTIONS_PER_SYNC: u32 = 1 + LOOKUPS_AHEAD as u32;
 
-pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
+pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<PgPool, StoreError> {
     let pool = PgPoolOptions::new()
-        .max_connections(MAX_CONNECTIONS)
+        .max_connections(settings.max_connections)
         // A database that cannot be reached answers UNAVAILABLE soon, not after 30 s.
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await?;
-    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    if settings.run_migrations {
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    }
     Ok(pool)
 }
 
-token_queries!(sqlx::Postgres);
+// A token stored with an id of its own leaves the id sequence behind; it catches up so that
+// the next token created does not draw that id again.
+token_queries!(
+    sqlx::Postgres,
+    Some(
+        "SELECT setval(pg_get_serial_sequence('api_tokens', 'id'), (SELECT MAX(id) FROM api_tokens))"
+    )
+);
 history_queries!(sqlx::Postgres);
 live_queries!(sqlx::Postgres, POSTGRES);
 

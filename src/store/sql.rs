@@ -479,28 +479,46 @@ pub(super) const COUNT_IN_STOCK: &str =
 
 // ---- the matching queue; `$1` = product id ----
 
-/// PENDING -> IN_PROGRESS. `$2` = who claims it, `$3` = when.
+/// PENDING -> IN_PROGRESS. `$2` = who claims it (a token's name), `$3` = when, `$4` = the
+/// claiming token's id.
 pub(super) const CLAIM: &str = "
-    UPDATE products SET match_status = 2, claimed_by = $2, claimed_at = $3
+    UPDATE products SET match_status = 2, claimed_by = $2, claimed_at = $3, claimed_by_token = $4
     WHERE id = $1 AND match_status = 1";
 
-/// PENDING or IN_PROGRESS -> COMPLETE. `$2`..`$6` = the catalog item, `$7` = when.
+/// PENDING or IN_PROGRESS -> COMPLETE. `$2`..`$6` = the catalog item, `$7` = when, `$8` =
+/// who matched it (a token's name), `$9` = that token's id, `$10` = the token an in-progress
+/// product must be claimed by (NULL: any, for an admin).
 pub(super) const COMPLETE: &str = "
     UPDATE products SET match_status = 3,
         catalog_item_id = $2, catalog_kind = $3, catalog_name = $4,
-        catalog_vintage = $5, catalog_producer = $6, updated_at = $7
-    WHERE id = $1 AND match_status IN (1, 2)";
+        catalog_vintage = $5, catalog_producer = $6, updated_at = $7,
+        claimed_by = $8, claimed_by_token = $9
+    WHERE id = $1
+      AND (match_status = 1
+           OR (match_status = 2 AND ($10 IS NULL OR claimed_by_token = $10)))";
 
-/// IN_PROGRESS -> PENDING.
+/// IN_PROGRESS -> PENDING. `$2` = the token it must be claimed by (NULL: any, for an admin).
 pub(super) const RELEASE: &str = "
-    UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL
-    WHERE id = $1 AND match_status = 2";
+    UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL,
+        claimed_by_token = NULL
+    WHERE id = $1 AND match_status = 2 AND ($2 IS NULL OR claimed_by_token = $2)";
+
+/// Whether any claim was made before `$1`: read first, so that no write (which on SQLite
+/// waits for a running merge) is made when there is nothing to expire.
+pub(super) const ANY_CLAIM_EXPIRED: &str = "
+    SELECT COUNT(*) FROM products WHERE match_status = 2 AND claimed_at < $1";
+
+/// Claims made before `$1` expire: their products are pending again.
+pub(super) const EXPIRE_CLAIMS: &str = "
+    UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL,
+        claimed_by_token = NULL
+    WHERE match_status = 2 AND claimed_at < $1";
 
 impl Statements {
     fn new(dialect: Dialect) -> Self {
         let product_columns = format!(
             "p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, {price} AS price, p.name, \
-             p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by, \
+             p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by, p.claimed_by_token, \
              p.catalog_item_id, p.catalog_kind, p.catalog_name, p.catalog_vintage, \
              p.catalog_producer, p.created_at, p.updated_at",
             price = dialect.price_as_text("p.price"),

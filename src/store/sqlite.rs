@@ -12,19 +12,20 @@ use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
 use tokio::sync::mpsc;
 
 use super::sql::{self, SQLITE};
-use super::{BatchConflict, MergeOutcome, MergeRequest, StagingTarget, StoreError};
+use super::{BatchConflict, MergeOutcome, MergeRequest, PoolSettings, StagingTarget, StoreError};
 use crate::sync::{Barcodes, Price, StagedProduct};
 
 /// How long a writer waits for another writer's merge before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_CONNECTIONS: u32 = 16;
+/// How long a call waits for a free connection of its pool.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Products per INSERT while staging: a usual message's worth. 13 parameters each stays far
 /// below SQLite's limit of 32,766.
 const PRODUCTS_PER_INSERT: usize = 1_000;
 /// Barcodes per INSERT while staging; 2 parameters each.
 const BARCODES_PER_INSERT: usize = 2_000;
 
-pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -33,16 +34,66 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true);
+    let migrations_lock = match settings.run_migrations {
+        true => Some(MigrationsLock::take(options.get_filename()).await?),
+        false => None,
+    };
     let pool = SqlitePoolOptions::new()
-        .max_connections(MAX_CONNECTIONS)
+        .max_connections(settings.max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await?;
-    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    if migrations_lock.is_some() {
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    }
+    drop(migrations_lock);
     HeapShare::adjust(0);
     Ok(pool)
 }
 
-token_queries!(sqlx::Sqlite);
+/// An exclusive lock on `<database>-migrate.lock`, held while the migrations run. sqlx's
+/// SQLite migrator checks which migrations are applied and applies the rest in separate
+/// transactions, so two processes starting on one fresh file would both apply the first
+/// (PostgreSQL's migrator takes a lock of its own).
+struct MigrationsLock(Option<std::fs::File>);
+
+impl MigrationsLock {
+    async fn take(database: &std::path::Path) -> Result<Self, StoreError> {
+        if database.as_os_str().is_empty() || database == std::path::Path::new(":memory:") {
+            return Ok(MigrationsLock(None));
+        }
+        let mut path = database.as_os_str().to_owned();
+        path.push("-migrate.lock");
+        let path = std::path::PathBuf::from(path);
+        let failed = |source| StoreError::MigrationLock {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(failed)?;
+        // Blocks until another process's migrations are done: off the async threads.
+        let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|error| failed(std::io::Error::other(error)))?;
+        Ok(MigrationsLock(Some(locked.map_err(failed)?)))
+    }
+}
+
+impl Drop for MigrationsLock {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0 {
+            // Closing the file would release it too; unlocking says so.
+            let _ = file.unlock();
+        }
+    }
+}
+
+// An INTEGER PRIMARY KEY takes the next id after the largest; nothing to catch up.
+token_queries!(sqlx::Sqlite, None);
 history_queries!(sqlx::Sqlite);
 live_queries!(sqlx::Sqlite, SQLITE);
 

@@ -26,7 +26,49 @@ pub struct NewToken<'a> {
 }
 
 macro_rules! token_queries {
-    ($database:ty) => {
+    ($database:ty, $after_explicit_id:expr) => {
+        /// Stores `token` as the database's first token, with `id` if given, unless the
+        /// database was bootstrapped already; returns its id if it was stored. One
+        /// transaction: of servers starting at once, exactly one stores it.
+        pub(super) async fn insert_first_token(
+            pool: &sqlx::Pool<$database>,
+            token: &$crate::store::NewToken<'_>,
+            id: Option<i64>,
+        ) -> Result<Option<i64>, $crate::store::StoreError> {
+            let mut tx = pool.begin().await?;
+            let first = sqlx::query(
+                "INSERT INTO bootstrap (id, created_at) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(token.created_at)
+            .execute(&mut *tx)
+            .await?;
+            let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
+                .fetch_one(&mut *tx)
+                .await?;
+            if first.rows_affected() == 0 || tokens > 0 {
+                // Bootstrapped already, or tokens were made by hand before the first start.
+                tx.commit().await?;
+                return Ok(None);
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at)
+                 VALUES (COALESCE($1, 1), $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(id)
+            .bind(token.name)
+            .bind(token.role)
+            .bind(token.secret_hash)
+            .bind(token.created_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            let after_explicit_id: Option<&str> = $after_explicit_id;
+            if let Some(statement) = after_explicit_id {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(Some(id))
+        }
+
         pub(super) async fn insert_token(
             pool: &sqlx::Pool<$database>,
             token: &$crate::store::NewToken<'_>,

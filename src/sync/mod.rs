@@ -3,17 +3,19 @@
 //! Nothing here knows about gRPC transport; the generated messages are only read, once, to
 //! turn them into validated types.
 
+mod admission;
 mod product;
 mod session;
 mod violation;
 
+pub use admission::Admission;
 pub(crate) use product::check_text;
 pub use product::{
     Barcodes, Category, FieldError, FieldLimits, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS,
     MAX_PRICE_DECIMALS, Price, ProductChange, SyncKey,
 };
 pub(crate) use session::now_micros;
-pub use session::{SyncEngine, SyncSession, reap_silent_runs};
+pub use session::{Sender, SyncEngine, SyncSession, reap_silent_runs};
 pub use violation::{Violation, Violations};
 
 use std::time::Duration;
@@ -35,6 +37,12 @@ pub struct SyncLimits {
     pub max_clear_fraction: f64,
     /// Syncs merging or streaming at once; more wait their turn.
     pub max_concurrent_syncs: usize,
+    /// Syncs of one store running or waiting at once; more are refused at once.
+    pub max_syncs_per_store: usize,
+    /// Syncs sent with one token running or waiting at once; more are refused at once.
+    pub max_syncs_per_token: usize,
+    /// The longest a sync's stream may stay open, from its first message.
+    pub max_sync_duration: Duration,
     /// How long a sync waits for its turn before `RESOURCE_EXHAUSTED`.
     pub queue_timeout: Duration,
     /// A sync whose client sends nothing for this long is rolled back.
@@ -57,6 +65,9 @@ impl Default for SyncLimits {
             fields: FieldLimits::default(),
             max_clear_fraction: 0.5,
             max_concurrent_syncs: 8,
+            max_syncs_per_store: 2,
+            max_syncs_per_token: 4,
+            max_sync_duration: Duration::from_secs(30 * 60),
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             idempotency_retention: Duration::from_secs(7 * 24 * 60 * 60),
@@ -224,8 +235,9 @@ pub enum SyncError {
     CountMismatch { expected: u64, received: u64 },
     /// The idempotency key committed before with other content.
     #[error(
-        "idempotency key {key:?} was used by sync {run_id} of this store with other content; \
-         nothing was committed. Use a new key for new content"
+        "idempotency key {} was used by sync {run_id} of this store with other content; \
+         nothing was committed. Use a new key for new content",
+        crate::quote::quoted(key)
     )]
     IdempotencyKeyReused { key: String, run_id: String },
     /// The sync carries more products than the server accepts.
@@ -242,6 +254,18 @@ pub enum SyncError {
         in_stock: u64,
         percent: u32,
     },
+    /// The store already runs as many syncs as it may.
+    #[error(
+        "store {store_id} already has {limit} syncs running, the most one store may run at \
+         once; retry when one of them has ended"
+    )]
+    StoreBusy { store_id: i64, limit: usize },
+    /// The token already sends as many syncs as it may.
+    #[error(
+        "this token already has {limit} syncs running, the most one token may run at once; \
+         retry when one of them has ended"
+    )]
+    TokenBusy { limit: usize },
     /// No turn for the sync came up in time: too many syncs are running.
     #[error(
         "the server is running its limit of {limit} syncs and none finished within {waited:?}; \
@@ -251,6 +275,21 @@ pub enum SyncError {
     /// The client sent nothing for too long.
     #[error("the client sent nothing for {0:?}; the sync was rolled back")]
     Idle(Duration),
+    /// The stream stayed open longer than a sync may take.
+    #[error(
+        "the sync's stream was still open after {0:?}, the longest a sync may take; it was \
+         rolled back. Send large inventories faster, or split them across stores"
+    )]
+    TooLong(Duration),
+    /// A message of the stream was larger than the server accepts.
+    #[error(
+        "a message of the stream was larger than the server's limit of {limit} bytes; the sync \
+         was rolled back. Send the products in smaller messages"
+    )]
+    MessageTooLarge { limit: usize },
+    /// The token that sent the sync was revoked before it could commit.
+    #[error("the token that sent this sync was revoked; nothing was committed")]
+    Revoked,
     /// The client went away before the sync completed.
     #[error("the sync was abandoned by the client")]
     Abandoned,

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::pb;
+use crate::quote::quoted;
 
 /// Longest external id, in characters.
 pub const MAX_EXTERNAL_ID_CHARS: usize = 128;
@@ -82,7 +83,10 @@ impl Price {
     /// (`"007.50"` becomes `"7.50"`); the decimals are kept as sent.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.starts_with('-') {
-            return Err(format!("price {text:?} is negative; prices must be >= 0"));
+            return Err(format!(
+                "price {} is negative; prices must be >= 0",
+                quoted(text)
+            ));
         }
         let (integer, decimals) = match text.split_once('.') {
             Some((integer, decimals)) => (integer, Some(decimals)),
@@ -91,15 +95,16 @@ impl Price {
         let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
         if !all_digits(integer) || decimals.is_some_and(|d| !all_digits(d)) {
             return Err(format!(
-                "price {:?} is not a plain decimal such as \"12.99\"",
-                shorten(text)
+                "price {} is not a plain decimal such as \"12.99\"",
+                quoted(text)
             ));
         }
         if let Some(decimals) = decimals
             && decimals.len() > MAX_PRICE_DECIMALS
         {
             return Err(format!(
-                "price {text:?} has {} decimal places; at most {MAX_PRICE_DECIMALS} are allowed",
+                "price {} has {} decimal places; at most {MAX_PRICE_DECIMALS} are allowed",
+                quoted(text),
                 decimals.len()
             ));
         }
@@ -109,8 +114,8 @@ impl Price {
         };
         if integer.len() > MAX_PRICE_INTEGER_DIGITS {
             return Err(format!(
-                "price {:?} is too large; at most {MAX_PRICE_INTEGER_DIGITS} digits before the decimal point",
-                shorten(text)
+                "price {} is too large; at most {MAX_PRICE_INTEGER_DIGITS} digits before the decimal point",
+                quoted(text)
             ));
         }
         Ok(Price(match decimals {
@@ -374,8 +379,8 @@ fn validate_barcodes(
             errors.push(FieldError::new(
                 field,
                 format!(
-                    "barcode {:?} may hold only printable ASCII characters without spaces",
-                    shorten(barcode)
+                    "barcode {} may hold only printable ASCII characters without spaces",
+                    quoted(barcode)
                 ),
             ));
         }
@@ -416,15 +421,6 @@ fn check_range(field: &str, value: f64, max: f64) -> Result<(), FieldError> {
             field,
             format!("{field} is {value}; it must be a number from 0 to {max}"),
         ))
-    }
-}
-
-/// Keeps error messages short when a client sends a huge string.
-fn shorten(text: &str) -> String {
-    const KEEP: usize = 40;
-    match text.char_indices().nth(KEEP) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 

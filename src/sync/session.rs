@@ -15,10 +15,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, Span, info, warn};
 
+use super::admission::{Admission, Turn};
 use super::{
     FieldError, MAX_LISTED_REJECTIONS, ProductChange, Rejection, StagedProduct, SyncCounts,
     SyncError, SyncLimits, SyncOptions, SyncSummary, Violation, Violations,
@@ -26,6 +27,7 @@ use super::{
 use crate::activity::Activity;
 use crate::metrics::Metrics;
 use crate::pb;
+use crate::quote::{shortened, truncate_bytes};
 use crate::store::{
     BatchConflict, Database, IdempotencyCheck, MergeOutcome, MergeRequest, MergeRun, NewSyncRun,
     RunEnding, RunOutcome, Staging, SyncRunRecord,
@@ -34,6 +36,9 @@ use crate::store::{
 /// How the edge answers a failed sync: its status code and message. The history records
 /// both; the sync layer itself knows nothing of gRPC codes.
 pub type DescribeError = fn(&SyncError) -> (i32, String);
+
+/// Longest external id that can be valid, in bytes (128 characters of up to 4 bytes).
+const MAX_EXTERNAL_ID_BYTES: usize = super::MAX_EXTERNAL_ID_CHARS * 4;
 
 /// Batches waiting between the handler and the worker; bounds memory per sync.
 const STAGING_QUEUE_DEPTH: usize = 4;
@@ -44,7 +49,7 @@ pub struct SyncEngine {
     database: Database,
     activity: Activity,
     limits: SyncLimits,
-    turns: Arc<Semaphore>,
+    admission: Admission,
     describe: DescribeError,
     metrics: Metrics,
 }
@@ -57,12 +62,11 @@ impl SyncEngine {
         describe: DescribeError,
         metrics: Metrics,
     ) -> Self {
-        let turns = Arc::new(Semaphore::new(limits.max_concurrent_syncs));
         SyncEngine {
             database,
             activity,
+            admission: Admission::new(&limits),
             limits,
-            turns,
             describe,
             metrics,
         }
@@ -72,17 +76,32 @@ impl SyncEngine {
         &self.limits
     }
 
-    /// Opens a sync sent by token `token_name`: records its run, waits for its turn (a
-    /// bounded time), then opens a staging area on a connection of its own and starts the
-    /// worker that fills it.
+    /// Opens a sync sent by `sender`: takes its store's and token's seat (or refuses it at
+    /// once), records its run, waits for its turn (a bounded time), then opens a staging area
+    /// on a connection of its own and starts the worker that fills it.
     pub async fn begin(
         &self,
         options: SyncOptions,
-        token_name: &str,
+        sender: Sender<'_>,
     ) -> Result<SyncSession, SyncError> {
         let started = Instant::now();
         let sync_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("sync", store_id = options.store_id, sync_id = %sync_id);
+        let token_name = sender.token_name;
+        let seat = match self.admission.seat(options.store_id, sender.token_id) {
+            Ok(seat) => seat,
+            Err(error) => {
+                // Refused before it cost a history row: a client retrying in a loop must
+                // not fill the store's history.
+                span.in_scope(|| warn!(%error, "sync refused"));
+                self.metrics.sync_ended(
+                    outcome_label(RunOutcome::Rejected),
+                    None,
+                    started.elapsed(),
+                );
+                return Err(error);
+            }
+        };
         let run = NewSyncRun {
             id: &sync_id,
             store_id: options.store_id,
@@ -117,14 +136,11 @@ impl SyncEngine {
                 .await;
             error
         };
-        let waited = self.limits.queue_timeout;
-        let turn = match tokio::time::timeout(waited, self.turns.clone().acquire_owned()).await {
-            Ok(Ok(turn)) => turn,
-            // The semaphore is never closed; a timeout is the only way to get here in practice.
-            Ok(Err(_)) | Err(_) => {
-                let limit = self.limits.max_concurrent_syncs;
-                span.in_scope(|| warn!(limit, ?waited, "sync refused: no turn came up in time"));
-                return Err(refused(SyncError::Busy { limit, waited }).await);
+        let turn = match self.admission.turn(seat).await {
+            Ok(turn) => turn,
+            Err(error) => {
+                span.in_scope(|| warn!(%error, "sync refused: no turn came up in time"));
+                return Err(refused(error).await);
             }
         };
         let staging = match self
@@ -149,6 +165,7 @@ impl SyncEngine {
             ended_early: ended_early.clone(),
             metrics: self.metrics.clone(),
             started,
+            token_id: sender.token_id,
             _turn: turn,
         };
         let heartbeat = tokio::spawn(
@@ -270,17 +287,33 @@ enum Command {
     },
 }
 
-/// Products skipped by `skip_invalid`: the first [`MAX_LISTED_REJECTIONS`] kept, all counted.
+/// Products skipped by `skip_invalid`: the first [`MAX_LISTED_REJECTIONS`] kept, within
+/// [`MAX_LISTED_REJECTION_BYTES`], all counted.
 #[derive(Debug, Default)]
 struct Rejections {
     kept: Vec<Rejection>,
+    /// Bytes of text the kept rejections hold.
+    kept_bytes: usize,
     total: u64,
 }
 
+/// Most bytes of text the listed rejections of one sync hold: what the server keeps while
+/// the sync runs and what its answer carries stay far below a client's default 4 MiB.
+const MAX_LISTED_REJECTION_BYTES: usize = 256 * 1024;
+
+/// Longest reason of one rejection, in bytes.
+const MAX_REJECTION_REASON_BYTES: usize = 512;
+
 impl Rejections {
-    fn push(&mut self, rejection: Rejection) {
+    fn push(&mut self, mut rejection: Rejection) {
         self.total += 1;
-        if self.kept.len() < MAX_LISTED_REJECTIONS {
+        rejection.external_id = shortened(&rejection.external_id);
+        rejection.reason = truncate_bytes(rejection.reason, MAX_REJECTION_REASON_BYTES);
+        let bytes = rejection.external_id.len() + rejection.field.len() + rejection.reason.len();
+        if self.kept.len() < MAX_LISTED_REJECTIONS
+            && self.kept_bytes + bytes <= MAX_LISTED_REJECTION_BYTES
+        {
+            self.kept_bytes += bytes;
             self.kept.push(rejection);
         }
     }
@@ -325,6 +358,15 @@ impl Rejections {
             reason: violation.description,
         });
     }
+}
+
+/// The key of a product that failed validation in a `skip_invalid` sync.
+struct SkippedKey {
+    /// The external id as the rejection shows it.
+    shown_id: String,
+    /// The external id, unless it is too long to be valid.
+    external_id: Option<String>,
+    barcodes: Vec<String>,
 }
 
 /// What the worker reports of a completed merge.
@@ -413,11 +455,14 @@ impl SyncSession {
         let mut valid = Vec::with_capacity(products.len());
         for (offset, update) in products.into_iter().enumerate() {
             let index = self.received + offset as u64;
-            // A skipped product's key still counts as listed; keep it to stage that.
-            let key_fields = self
-                .options
-                .skip_invalid
-                .then(|| (update.external_id.clone(), update.barcodes.clone()));
+            // A skipped product's key still counts as listed; keep it to stage that. A key
+            // too long to be valid is not copied: a hostile megabyte id costs nothing more.
+            let key_fields = self.options.skip_invalid.then(|| SkippedKey {
+                shown_id: shortened(&update.external_id),
+                external_id: (update.external_id.len() <= MAX_EXTERNAL_ID_BYTES)
+                    .then(|| update.external_id.clone()),
+                barcodes: update.barcodes.clone(),
+            });
             match ProductChange::from_wire(update, key, fields) {
                 Ok(change) => valid.push(StagedProduct {
                     index,
@@ -425,9 +470,13 @@ impl SyncSession {
                     skipped: false,
                 }),
                 Err(errors) => match key_fields {
-                    Some((external_id, barcodes)) => {
-                        let key_only =
-                            ProductChange::key_only(external_id.clone(), barcodes, key, fields);
+                    Some(skipped) => {
+                        let key_only = ProductChange::key_only(
+                            skipped.external_id.unwrap_or_default(),
+                            skipped.barcodes,
+                            key,
+                            fields,
+                        );
                         if let Some(change) = key_only {
                             valid.push(StagedProduct {
                                 index,
@@ -435,7 +484,8 @@ impl SyncSession {
                                 skipped: true,
                             });
                         }
-                        self.rejections.invalid_fields(index, external_id, errors);
+                        self.rejections
+                            .invalid_fields(index, skipped.shown_id, errors);
                     }
                     None => {
                         for error in errors {
@@ -505,7 +555,7 @@ impl SyncSession {
     pub async fn abandon(self, error: SyncError) -> SyncError {
         let outcome = match error {
             SyncError::Abandoned => RunOutcome::Aborted,
-            SyncError::Idle(_) => RunOutcome::TimedOut,
+            SyncError::Idle(_) | SyncError::TooLong(_) => RunOutcome::TimedOut,
             _ => RunOutcome::Rejected,
         };
         let ending = self.history.ending(&error, outcome);
@@ -568,8 +618,10 @@ struct Worker {
     metrics: Metrics,
     /// When the sync's first message arrived.
     started: Instant,
+    /// The token that sent the sync, checked again just before the commit.
+    token_id: Option<i64>,
     /// Held until the worker ends, so the next sync's turn comes only then.
-    _turn: OwnedSemaphorePermit,
+    _turn: Turn,
 }
 
 impl Worker {
@@ -724,6 +776,7 @@ impl Worker {
                 }),
             batch_checked,
         };
+        self.check_sender_still_authorized().await?;
         let queue = &self.queue;
         let mut outcome = self.staging.merge(&request, || queue.is_closed()).await?;
         if outcome == MergeOutcome::BatchUnchecked {
@@ -796,6 +849,28 @@ impl Worker {
             }),
         }
     }
+}
+
+impl Worker {
+    /// A token revoked while its sync uploaded must not commit that sync.
+    async fn check_sender_still_authorized(&self) -> Result<(), SyncError> {
+        let Some(token_id) = self.token_id else {
+            return Ok(());
+        };
+        match self.database.token(token_id).await? {
+            Some(token) if token.revoked_at.is_none() => Ok(()),
+            _ => Err(SyncError::Revoked),
+        }
+    }
+}
+
+/// Who sends a sync.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    /// The token's name, for the history.
+    pub token_name: &'a str,
+    /// The token's id; `None` when authentication is off.
+    pub token_id: Option<i64>,
 }
 
 /// Marks a sync's history run alive every `interval` until aborted.

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::product::FieldError;
+use crate::quote::quoted;
 use crate::store::BatchConflict;
 
 /// One problem with the input, at a place such as `products[7].price`.
@@ -48,8 +49,9 @@ impl From<BatchConflict> for Violation {
             } => (
                 "external_id",
                 format!(
-                    "external_id {external_id:?} is also used by products[{first_index}]; \
-                     each product may appear once per sync"
+                    "external_id {} is also used by products[{first_index}]; \
+                     each product may appear once per sync",
+                    quoted(&external_id)
                 ),
             ),
             BatchConflict::BarcodeSharedInBatch {
@@ -59,8 +61,9 @@ impl From<BatchConflict> for Violation {
             } => (
                 "barcodes",
                 format!(
-                    "barcode {barcode:?} is also given to products[{first_index}]; \
-                     a barcode belongs to one product of the store"
+                    "barcode {} is also given to products[{first_index}]; \
+                     a barcode belongs to one product of the store",
+                    quoted(&barcode)
                 ),
             ),
             BatchConflict::BarcodeOwnedByStoredProduct {
@@ -71,12 +74,15 @@ impl From<BatchConflict> for Violation {
                 "barcodes",
                 match owner_external_id {
                     Some(owner) => format!(
-                        "barcode {barcode:?} belongs to the store's product {owner:?}; \
-                         send that product with other barcodes in the same sync to move it"
+                        "barcode {} belongs to the store's product {}; \
+                         send that product with other barcodes in the same sync to move it",
+                        quoted(&barcode),
+                        quoted(&owner)
                     ),
                     None => format!(
-                        "barcode {barcode:?} belongs to another product of the store \
-                         that has no external id"
+                        "barcode {} belongs to another product of the store \
+                         that has no external id",
+                        quoted(&barcode)
                     ),
                 },
             ),
@@ -97,14 +103,17 @@ impl From<BatchConflict> for Violation {
             BatchConflict::ExternalIdMismatch { sent, stored, .. } => (
                 "external_id",
                 format!(
-                    "the product its barcodes match already has external_id {stored:?}, \
-                     not {sent:?}; a sync never changes a product's external id"
+                    "the product its barcodes match already has external_id {}, \
+                     not {}; a sync never changes a product's external id",
+                    quoted(&stored),
+                    quoted(&sent)
                 ),
             ),
             BatchConflict::ExternalIdOfAnotherProduct { external_id, .. } => (
                 "external_id",
                 format!(
-                    "external_id {external_id:?} already belongs to another product of the store"
+                    "external_id {} already belongs to another product of the store",
+                    quoted(&external_id)
                 ),
             ),
         };
@@ -178,23 +187,26 @@ impl Violations {
     }
 }
 
-impl fmt::Display for Violations {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Violations {
+    /// What the violations come to, in one line, saying that `listed` of them are listed
+    /// (an error detail may have room for fewer than are kept).
+    pub fn summary(&self, listed: usize) -> String {
         let Some(first) = self.kept.first() else {
-            return f.write_str("no violations");
+            return "no violations".to_owned();
         };
         if self.total == 1 {
-            write!(f, "invalid sync: {first}")
-        } else {
-            write!(
-                f,
-                "invalid sync: {} problems; the first: {first}",
-                self.total
-            )?;
-            if self.total > self.kept.len() as u64 {
-                write!(f, " (the first {} are listed)", self.kept.len())?;
-            }
-            Ok(())
+            return format!("invalid sync: {first}");
         }
+        let mut summary = format!("invalid sync: {} problems; the first: {first}", self.total);
+        if self.total > listed as u64 {
+            summary.push_str(&format!(" (the first {listed} are listed)"));
+        }
+        summary
+    }
+}
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary(self.kept.len()))
     }
 }

@@ -285,7 +285,13 @@ mod limits {
                 products: stocked_products("q", 2000),
             });
             let status = send(&mut client, stream).await.unwrap_err();
-            assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+            // RESOURCE_EXHAUSTED, as the gRPC status codes say (not tonic's OUT_OF_RANGE).
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status.message().contains("16384 bytes"),
+                "{}",
+                status.message()
+            );
             assert_nothing_committed(&server, &mut client, STORE).await;
         })
         .await;

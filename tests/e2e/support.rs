@@ -10,7 +10,7 @@ use inventory_sync::activity::Activity;
 use inventory_sync::auth::Authenticator;
 use inventory_sync::pb;
 use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
-use inventory_sync::server::{self, AppState};
+use inventory_sync::server::{self, AppState, Databases};
 use inventory_sync::store::{Database, DatabaseUrl};
 use inventory_sync::sync::SyncLimits;
 use sqlx::Connection;
@@ -37,6 +37,9 @@ pub struct Config {
     pub authenticated: bool,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub database_check_interval: std::time::Duration,
+    pub claim_ttl: std::time::Duration,
+    /// Connections of the pool for every call but syncs.
+    pub request_connections: u32,
 }
 
 impl Default for Config {
@@ -47,6 +50,8 @@ impl Default for Config {
             authenticated: false,
             tls: None,
             database_check_interval: std::time::Duration::from_secs(5),
+            claim_ttl: inventory_sync::matching::DEFAULT_CLAIM_TTL,
+            request_connections: 8,
         }
     }
 }
@@ -117,9 +122,10 @@ impl TestServer {
         sqlite_dir: Option<tempfile::TempDir>,
         postgres_database: Option<(String, String)>,
     ) -> TestServer {
-        let database = Database::connect(&url)
+        let databases = Databases::open(&url, &config.limits, config.request_connections)
             .await
             .expect("connect to the test database");
+        let database = databases.requests.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let activity = Activity::default();
@@ -129,7 +135,7 @@ impl TestServer {
             Authenticator::disabled()
         };
         let state = AppState {
-            database: database.clone(),
+            databases,
             activity: activity.clone(),
             limits: config.limits,
             max_message_bytes: config.max_message_bytes,
@@ -137,6 +143,7 @@ impl TestServer {
             tls: config.tls,
             metrics: inventory_sync::metrics::Metrics::default(),
             database_check_interval: config.database_check_interval,
+            claim_ttl: config.claim_ttl,
         };
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = tokio::spawn(server::run(listener, state, async {
@@ -536,8 +543,8 @@ pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
             .next()
             .expect("the server logs that it is serving")
             .unwrap();
-        if line.trim().starts_with("isk_") {
-            first_admin_token = Some(line.trim().to_owned());
+        if let Some(token) = first_admin_token_in(&line) {
+            first_admin_token = Some(token);
         }
         if let Some(rest) = line.split("listen=").nth(1) {
             break (rest.split_whitespace().next().unwrap().to_owned(), line);
@@ -559,6 +566,23 @@ pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
         serving_line,
         logs,
     }
+}
+
+/// The first admin token a log line reports, in text (`token=isk_…`) or JSON
+/// (`"token":"isk_…"`).
+pub fn first_admin_token_in(line: &str) -> Option<String> {
+    let start = line
+        .find("token=isk_")
+        .map(|at| at + "token=".len())
+        .or_else(|| {
+            line.find("\"token\":\"isk_")
+                .map(|at| at + "\"token\":\"".len())
+        })?;
+    let token: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    Some(token)
 }
 
 /// Sends SIGTERM and waits for the process to exit, without blocking the runtime (which
