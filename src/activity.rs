@@ -13,6 +13,8 @@ pub struct ActivitySnapshot {
     pub syncs_in_flight: u64,
     /// Products received by those syncs so far.
     pub products_in_flight: u64,
+    /// Of those syncs, the ones whose upload is complete: they are checking and merging.
+    pub syncs_merging: u64,
 }
 
 /// Shared tracker of work in flight.
@@ -48,6 +50,7 @@ impl Activity {
         SyncInFlight {
             activity: self.clone(),
             products: 0,
+            merging: false,
         }
     }
 }
@@ -57,6 +60,7 @@ impl Activity {
 pub struct SyncInFlight {
     activity: Activity,
     products: u64,
+    merging: bool,
 }
 
 impl SyncInFlight {
@@ -69,12 +73,25 @@ impl SyncInFlight {
     }
 }
 
+impl SyncInFlight {
+    /// Records that the sync's upload is complete and its checks and merge run.
+    pub fn merging(&mut self) {
+        if !self.merging {
+            self.merging = true;
+            self.activity
+                .state
+                .send_modify(|state| state.syncs_merging += 1);
+        }
+    }
+}
+
 impl Drop for SyncInFlight {
     fn drop(&mut self) {
-        let products = self.products;
+        let (products, merging) = (self.products, u64::from(self.merging));
         self.activity.state.send_modify(|state| {
             state.syncs_in_flight -= 1;
             state.products_in_flight -= products;
+            state.syncs_merging -= merging;
         });
     }
 }

@@ -166,7 +166,7 @@ impl MatchQueue {
             .await?;
         self.after_transition(
             product_id,
-            caller,
+            None,
             moved,
             "only a pending product can be claimed",
         )
@@ -195,7 +195,7 @@ impl MatchQueue {
             .await?;
         self.after_transition(
             product_id,
-            caller,
+            Some(caller),
             moved,
             "only a pending or in-progress product can be completed",
         )
@@ -213,18 +213,19 @@ impl MatchQueue {
         let moved = self.database.release(product_id, &claimant(caller)).await?;
         self.after_transition(
             product_id,
-            caller,
+            Some(caller),
             moved,
             "only a product in progress can be released",
         )
         .await
     }
 
-    /// The product after a transition, or why the transition did not apply.
+    /// The product after a transition, or why the transition did not apply; `claimant` is
+    /// the caller of a transition that only the claim's token (or an admin) may make.
     async fn after_transition(
         &self,
         product_id: i64,
-        caller: &Principal,
+        claimant: Option<&Principal>,
         moved: bool,
         action: &'static str,
     ) -> Result<ProductRecord, MatchError> {
@@ -236,9 +237,11 @@ impl MatchQueue {
         if moved {
             return Ok(product);
         }
-        let claimed_by_another = product.match_status == pb::MatchStatus::InProgress as i32
-            && !caller.is_admin()
-            && product.claimed_by_token != caller.token_id;
+        let claimed_by_another = claimant.is_some_and(|caller| {
+            product.match_status == pb::MatchStatus::InProgress as i32
+                && !caller.is_admin()
+                && product.claimed_by_token != caller.token_id
+        });
         if claimed_by_another {
             return Err(MatchError::NotYours {
                 product_id,

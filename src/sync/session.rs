@@ -705,6 +705,7 @@ impl Worker {
         match finish {
             Some((received, violations, rejections, request_hash)) => {
                 info!(received, "upload complete; checking and merging");
+                self.in_flight.merging();
                 self.staging.prepare_merge().await?;
                 self.merge(received, violations, rejections, request_hash)
                     .await

@@ -216,3 +216,220 @@ backend_tests! {
         assert_eq!((other.match_status, other.in_stock), (pb::MatchStatus::InProgress as i32, Some(0)));
     }
 }
+
+/// A server that checks tokens, with claims that expire after `claim_ttl`.
+fn secured(claim_ttl: std::time::Duration) -> Config {
+    Config {
+        authenticated: true,
+        claim_ttl,
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
+    use inventory_sync::auth::Role;
+    let config = || secured(inventory_sync::matching::DEFAULT_CLAIM_TTL);
+    each_backend(config, async |server| {
+        let admin = server.token("admin", Role::Admin).await;
+        let mut client = server.client_as(&admin).await;
+        let products = vec![stocked("a", 1), stocked("b", 1)];
+        client
+            .sync(tokio_stream::iter(messages(header(STORE), products, 10)))
+            .await
+            .unwrap();
+        let id = |external_id: &str| {
+            let mut client = client.clone();
+            let key = pb::get_product_request::Key::ExternalId(external_id.into());
+            async move {
+                let request = pb::GetProductRequest {
+                    store_id: STORE,
+                    key: Some(key),
+                };
+                client.get_product(request).await.unwrap().into_inner().id
+            }
+        };
+        let (a, b) = (id("a").await, id("b").await);
+        let mut ana = server
+            .queue_as(&server.token("ana", Role::Matcher).await)
+            .await;
+        let mut ben = server
+            .queue_as(&server.token("ben", Role::Matcher).await)
+            .await;
+        let mut boss = server.queue_as(&admin).await;
+
+        // The request's claimed_by is ignored: the claim is the caller's token's.
+        let claimed = ana
+            .claim(pb::ClaimRequest {
+                product_id: a,
+                claimed_by: "ben".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.into_inner().claimed_by, "ana");
+        let denied = ben
+            .release(pb::ReleaseRequest { product_id: a })
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        assert!(
+            denied.message().contains("claimed by \"ana\""),
+            "{}",
+            denied.message()
+        );
+        let item = Some(catalog_item(5));
+        let denied = ben
+            .complete(pb::CompleteRequest {
+                product_id: a,
+                catalog_item: item.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        let request = pb::GetProductRequest {
+            store_id: STORE,
+            key: Some(pb::get_product_request::Key::ExternalId("a".into())),
+        };
+        let still = client.get_product(request).await.unwrap().into_inner();
+        assert_eq!(
+            (still.match_status, still.claimed_by.as_str()),
+            (pb::MatchStatus::InProgress as i32, "ana")
+        );
+
+        // An admin may release anyone's claim; then another matcher claims and completes it.
+        let released = boss
+            .release(pb::ReleaseRequest { product_id: a })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(released.match_status, pb::MatchStatus::Pending as i32);
+        ben.claim(pb::ClaimRequest {
+            product_id: a,
+            claimed_by: String::new(),
+        })
+        .await
+        .unwrap();
+        let done = ben
+            .complete(pb::CompleteRequest {
+                product_id: a,
+                catalog_item: item.clone(),
+            })
+            .await
+            .unwrap();
+        let done = done.into_inner();
+        assert_eq!(
+            (done.match_status, done.claimed_by.as_str()),
+            (pb::MatchStatus::Complete as i32, "ben")
+        );
+
+        // Completing a pending product records who matched it.
+        let done = ana
+            .complete(pb::CompleteRequest {
+                product_id: b,
+                catalog_item: item,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            done.into_inner().claimed_by,
+            "ana",
+            "Complete records who matched"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_older_than_its_ttl_is_pending_again() {
+    use inventory_sync::auth::Role;
+    const TTL: std::time::Duration = std::time::Duration::from_secs(2);
+    each_backend(
+        || secured(TTL),
+        async |server| {
+            let admin = server.token("admin", Role::Admin).await;
+            let mut client = server.client_as(&admin).await;
+            let products = vec![stocked("a", 1)];
+            client
+                .sync(tokio_stream::iter(messages(header(STORE), products, 10)))
+                .await
+                .unwrap();
+            let mut ana = server
+                .queue_as(&server.token("ana", Role::Matcher).await)
+                .await;
+            let mut ben = server
+                .queue_as(&server.token("ben", Role::Matcher).await)
+                .await;
+            let listed = |queue: &mut MatchQueueClient<WithToken>| {
+                let mut queue = queue.clone();
+                async move {
+                    let mut stream = queue
+                        .list_pending(pb::ListPendingRequest::default())
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let mut ids = Vec::new();
+                    while let Some(product) = stream.message().await.unwrap() {
+                        ids.push((product.external_id, product.match_status));
+                    }
+                    ids
+                }
+            };
+            let mut stream = ana
+                .list_pending(pb::ListPendingRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let a = stream.message().await.unwrap().unwrap().id;
+
+            let claimed_at = std::time::Instant::now();
+            ana.claim(pb::ClaimRequest {
+                product_id: a,
+                claimed_by: String::new(),
+            })
+            .await
+            .unwrap();
+            let taken = ben
+                .claim(pb::ClaimRequest {
+                    product_id: a,
+                    claimed_by: String::new(),
+                })
+                .await
+                .unwrap_err();
+            let pending_meanwhile = listed(&mut ben).await;
+            // (Only checked if this machine was not so slow that the claim expired already.)
+            if claimed_at.elapsed() < TTL {
+                assert_eq!(taken.code(), tonic::Code::FailedPrecondition, "{taken:?}");
+                assert!(pending_meanwhile.is_empty(), "a fresh claim is not pending");
+            }
+
+            // The matcher went away; once the claim is older than the TTL, the product is listed
+            // as pending and another matcher may claim it.
+            tokio::time::sleep(
+                TTL.saturating_sub(claimed_at.elapsed()) + std::time::Duration::from_millis(50),
+            )
+            .await;
+            assert_eq!(
+                listed(&mut ben).await,
+                [("a".to_owned(), pb::MatchStatus::Pending as i32)]
+            );
+            let claimed = ben
+                .claim(pb::ClaimRequest {
+                    product_id: a,
+                    claimed_by: String::new(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(claimed.into_inner().claimed_by, "ben");
+            let late = ana
+                .release(pb::ReleaseRequest { product_id: a })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                late.code(),
+                tonic::Code::PermissionDenied,
+                "the expired claimer lost it"
+            );
+        },
+    )
+    .await;
+}

@@ -597,3 +597,97 @@ pub async fn terminate(mut child: Child) -> std::process::ExitStatus {
         .await
         .unwrap()
 }
+
+// ---- streams a test holds open ----
+
+/// A sync whose stream stays open until the test sends more or drops `messages`.
+pub struct OpenSync {
+    pub messages: tokio::sync::mpsc::Sender<pb::SyncRequest>,
+    pub answer: JoinHandle<Result<pb::SyncResponse, tonic::Status>>,
+}
+
+impl OpenSync {
+    /// Half-closes the stream and waits for the answer.
+    pub async fn finish(self) -> Result<pb::SyncResponse, tonic::Status> {
+        drop(self.messages);
+        self.answer.await.expect("the sync's task panicked")
+    }
+}
+
+/// Starts a sync whose first message carries `header` and `products`, and keeps its stream
+/// open.
+pub async fn open_sync(
+    client: &InventorySyncClient<Channel>,
+    header: pb::SyncHeader,
+    products: Vec<pb::ProductUpdate>,
+) -> OpenSync {
+    let (messages, stream) = tokio::sync::mpsc::channel(4);
+    messages
+        .send(pb::SyncRequest {
+            header: Some(header),
+            products,
+        })
+        .await
+        .expect("the stream is open");
+    let mut client = client.clone();
+    let answer = tokio::spawn(async move {
+        client
+            .sync(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    OpenSync { messages, answer }
+}
+
+// ---- callers with tokens ----
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Bearer(format!("Bearer {token}").parse().expect("a token is ASCII"))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a token.
+pub type WithToken = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+impl TestServer {
+    /// A client of the InventorySync service calling with `token`.
+    pub async fn client_as(&self, token: &str) -> InventorySyncClient<WithToken> {
+        InventorySyncClient::with_interceptor(self.channel().await, Bearer::new(token))
+    }
+
+    /// A client of the MatchQueue service calling with `token`.
+    pub async fn queue_as(
+        &self,
+        token: &str,
+    ) -> pb::match_queue_client::MatchQueueClient<WithToken> {
+        pb::match_queue_client::MatchQueueClient::with_interceptor(
+            self.channel().await,
+            Bearer::new(token),
+        )
+    }
+
+    /// Creates a token with `role` named `name`; returns it.
+    pub async fn token(&self, name: &str, role: inventory_sync::auth::Role) -> String {
+        inventory_sync::auth::create_token(&self.database, name, &role)
+            .await
+            .expect("create a token")
+            .to_string()
+    }
+}
