@@ -8,6 +8,7 @@ mod atomicity;
 mod auth;
 mod barcode_sync;
 mod binary;
+mod bootstrap;
 mod crash;
 mod fairness;
 mod guards;

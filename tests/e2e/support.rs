@@ -522,49 +522,66 @@ pub struct Served {
 /// Starts `inventory-sync serve` in `dir` on a free port (unless `extra` names one), with
 /// `extra` arguments.
 pub fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
+    Served::when_serving(spawn_serve(dir, extra, &[]))
+}
+
+/// Starts `inventory-sync serve` in `dir` on a free port (unless `extra` names one), with
+/// `extra` arguments and `environment` variables, without waiting for it.
+pub fn spawn_serve(dir: &std::path::Path, extra: &[&str], environment: &[(&str, &str)]) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_inventory-sync"));
     command.arg("serve");
     if !extra.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
     }
-    let mut child = command
+    command
         .args(extra)
         .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info")
+        .envs(environment.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the binary");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let mut first_admin_token = None;
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server logs that it is serving")
-            .unwrap();
-        if let Some(token) = first_admin_token_in(&line) {
-            first_admin_token = Some(token);
+        .expect("start the binary")
+}
+
+impl Served {
+    /// Reads the log of a started server until it says it is serving; panics with the log
+    /// if it exits first.
+    pub fn when_serving(mut child: Child) -> Served {
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines();
+        let mut first_admin_token = None;
+        let mut log = Vec::new();
+        let (address, serving_line) = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("the server stopped before serving:\n{}", log.join("\n"));
+            };
+            if let Some(token) = first_admin_token_in(&line) {
+                first_admin_token = Some(token);
+            }
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break (rest.split_whitespace().next().unwrap().to_owned(), line);
+            }
+            if let Some(rest) = line.split("\"listen\":\"").nth(1) {
+                break (rest.split('"').next().unwrap().to_owned(), line);
+            }
+            log.push(line);
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        let (sender, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                // Nobody may be listening; the log is drained all the same.
+                let _ = sender.send(line);
+            }
+        });
+        Served {
+            child,
+            endpoint: format!("http://{address}"),
+            first_admin_token,
+            serving_line,
+            logs,
         }
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break (rest.split_whitespace().next().unwrap().to_owned(), line);
-        }
-    };
-    let (address, serving_line) = address;
-    // Keep draining the log so the server never blocks on a full pipe.
-    let (log, logs) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            // Nobody may be listening; the log is drained all the same.
-            let _ = log.send(line);
-        }
-    });
-    Served {
-        child,
-        endpoint: format!("http://{address}"),
-        first_admin_token,
-        serving_line,
-        logs,
     }
 }
 
