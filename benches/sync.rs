@@ -7,29 +7,23 @@
 //! Prints, per case: wall time, products per second, and the server's peak RSS (VmHWM,
 //! reset before each case), then the ratios the targets are stated in.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::stream;
 use inventory_sync::pb;
-use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
 use inventory_sync::store::{Database, DatabaseUrl};
-use sqlx::{Connection, Executor};
-use tonic::transport::Channel;
+use sqlx::Connection;
+
+use support::{Backend, Server, fresh_database};
 
 const MESSAGE_SIZE: usize = 1_000;
 const DEFAULT_PRODUCTS: usize = 1_000_000;
 const CONCURRENT_SYNCS: usize = 100;
 const CONCURRENT_PRODUCTS: usize = 5_000;
 const SMALL_STORE: usize = 1_000;
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 struct Options {
     products: usize,
@@ -100,96 +94,6 @@ fn messages(
                 .collect(),
         }
     })))
-}
-
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Server {
-    fn start(database_url: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure-no-auth",
-                "--database-url",
-                database_url,
-                "--max-concurrent-syncs",
-                "12",
-                "--sync-queue-timeout",
-                "30m",
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG")
-                    .unwrap_or_else(|_| "warn,inventory_sync=info".to_owned()),
-            )
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the server");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("the server starts").unwrap();
-            if let Some(rest) = line.split("listen=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // BENCH_SERVER_LOG=sqlx::query=debug shows where a sync spends its time.
-        let echo = std::env::var_os("BENCH_SERVER_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if echo {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        Server {
-            child,
-            endpoint: format!("http://{address}"),
-        }
-    }
-
-    async fn client(&self) -> InventorySyncClient<Channel> {
-        InventorySyncClient::connect(self.endpoint.clone())
-            .await
-            .expect("connect")
-            .max_decoding_message_size(64 * 1024 * 1024)
-    }
-
-    /// Starts a new peak-RSS measurement.
-    fn reset_peak_memory(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
-    }
-
-    /// Peak RSS since the last reset, in MiB.
-    fn peak_memory_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 struct Measured {
@@ -314,32 +218,6 @@ fn header(store_id: i64, clear: bool) -> pb::SyncHeader {
         clear,
         allow_mass_clear: true,
         ..pb::SyncHeader::default()
-    }
-}
-
-/// A fresh database: (URL for the server, what to drop afterwards).
-async fn fresh_database(backend: Backend, dir: &std::path::Path, name: &str) -> Option<String> {
-    match backend {
-        Backend::Sqlite => Some(dir.join(format!("{name}.db")).display().to_string()),
-        Backend::Postgres => {
-            let admin_url =
-                std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-            let database = format!("inventory_sync_bench_{name}");
-            admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-                )))
-                .await
-                .ok()?;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-                .await
-                .ok()?;
-            let mut url = url::Url::parse(&admin_url).ok()?;
-            url.set_path(&database);
-            Some(url.to_string())
-        }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -259,8 +259,11 @@ pub async fn list_tokens(database: &Database) -> Result<Vec<TokenSummary>, Store
 
 /// Checks the bearer tokens of calls, or lets every call through when turned off.
 ///
-/// A call costs one read of its token's row, so that a revocation (by any process) holds
-/// from the next call on. Nothing is written on a call's path: when a token was last used
+/// A token checked against its stored row is taken as valid for the next
+/// `recheck_interval` without reading the row again: a read then costs one query, not two,
+/// and a token revoked by any process (`tokens revoke` writes the database directly) is
+/// refused by every server within that interval. A sync is checked again, against the row,
+/// just before it commits. Nothing is written on a call's path: when a token was last used
 /// is noted in memory and written in the background (see [`Authenticator::record_uses`]),
 /// since on SQLite any write waits for a running sync's merge.
 #[derive(Debug, Clone)]
@@ -269,19 +272,34 @@ pub struct Authenticator {
     database: Option<Database>,
     /// Latest use of each token not yet written.
     uses: Arc<Mutex<HashMap<i64, i64>>>,
-    /// The stores of store tokens seen: they never change once a token exists.
-    stores: Arc<Mutex<HashMap<i64, Vec<i64>>>>,
+    /// Tokens checked against their rows lately, by id.
+    verified: Arc<Mutex<HashMap<i64, Verified>>>,
+    recheck_interval: Duration,
+}
+
+/// A token found valid, and when.
+#[derive(Debug, Clone)]
+struct Verified {
+    secret_hash: String,
+    principal: Principal,
+    at: Instant,
 }
 
 /// How often the tokens' last uses are written.
 pub const TOKEN_USE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long a token checked against its row is taken as valid, by default.
+pub const DEFAULT_TOKEN_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Authenticator {
-    pub fn new(database: Database) -> Self {
+    /// Checks tokens against `database`, each again after `recheck_interval` (zero: on
+    /// every call).
+    pub fn new(database: Database, recheck_interval: Duration) -> Self {
         Authenticator {
             database: Some(database),
             uses: Arc::default(),
-            stores: Arc::default(),
+            verified: Arc::default(),
+            recheck_interval,
         }
     }
 
@@ -290,7 +308,8 @@ impl Authenticator {
         Authenticator {
             database: None,
             uses: Arc::default(),
-            stores: Arc::default(),
+            verified: Arc::default(),
+            recheck_interval: Duration::ZERO,
         }
     }
 
@@ -319,13 +338,16 @@ impl Authenticator {
         }
     }
 
-    async fn token_stores(&self, database: &Database, id: i64) -> Result<Vec<i64>, StoreError> {
-        if let Some(stores) = lock(&self.stores).get(&id) {
-            return Ok(stores.clone());
-        }
-        let stores = database.token_stores(id).await?;
-        lock(&self.stores).insert(id, stores.clone());
-        Ok(stores)
+    /// The caller of token `id` if it was checked against its row within the recheck
+    /// interval and `secret_hash` is its secret's.
+    fn recently_verified(&self, id: i64, secret_hash: &str) -> Option<Principal> {
+        let verified = lock(&self.verified);
+        let known = verified.get(&id)?;
+        let matches: bool = secret_hash
+            .as_bytes()
+            .ct_eq(known.secret_hash.as_bytes())
+            .into();
+        (matches && known.at.elapsed() < self.recheck_interval).then(|| known.principal.clone())
     }
 
     /// The caller of a request with this `authorization` metadata value.
@@ -340,26 +362,41 @@ impl Authenticator {
             .ok_or(AuthError::Missing)?
             .trim();
         let (id, secret) = parse_token(token).ok_or(AuthError::Invalid)?;
-        let record = database.token(id).await?.ok_or(AuthError::Invalid)?;
         let presented = hash_secret(secret);
+        if let Some(principal) = self.recently_verified(id, &presented) {
+            lock(&self.uses).insert(id, now_micros());
+            return Ok(principal);
+        }
+        let checked_at = Instant::now();
+        let record = database.token(id).await?.ok_or(AuthError::Invalid)?;
         let matches: bool = presented
             .as_bytes()
             .ct_eq(record.secret_hash.as_bytes())
             .into();
         if !matches || record.revoked_at.is_some() {
+            lock(&self.verified).remove(&id);
             return Err(AuthError::Invalid);
         }
         let role = match record.role.as_str() {
             "admin" => Role::Admin,
             "matcher" => Role::Matcher,
-            _ => Role::Store(self.token_stores(database, id).await?),
+            _ => Role::Store(database.token_stores(id).await?),
         };
-        lock(&self.uses).insert(id, now_micros());
-        Ok(Principal {
+        let principal = Principal {
             name: record.name,
             token_id: Some(id),
             role,
-        })
+        };
+        lock(&self.uses).insert(id, now_micros());
+        if !self.recheck_interval.is_zero() {
+            let verified = Verified {
+                secret_hash: presented,
+                principal: principal.clone(),
+                at: checked_at,
+            };
+            lock(&self.verified).insert(id, verified);
+        }
+        Ok(principal)
     }
 }
 

@@ -105,7 +105,8 @@ pub enum TokensCommand {
     Create(CreateTokenArgs),
     /// List the tokens: id, name, role, stores, created, last used (never the token itself).
     List(DatabaseArgs),
-    /// Revoke a token: calls with it fail with UNAUTHENTICATED from then on.
+    /// Revoke a token: every server refuses it with UNAUTHENTICATED within --token-recheck-interval
+    /// (1s by default), and no sync sent with it commits from then on.
     Revoke(RevokeTokenArgs),
 }
 
@@ -188,6 +189,13 @@ pub struct ServeArgs {
     #[arg(long, env = "INVENTORY_SYNC_REQUEST_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub request_connections: u32,
+
+    /// How long a token checked against the database is taken as valid before it is
+    /// checked again: a revoked token is refused by every server within this time (e.g.
+    /// "1s"; "0s" checks on every call). Syncs are checked again before they commit.
+    #[arg(long, env = "INVENTORY_SYNC_TOKEN_RECHECK_INTERVAL", default_value = "1s",
+          value_parser = humantime::parse_duration)]
+    pub token_recheck_interval: Duration,
 
     /// A matcher's claim older than this is pending again (e.g. "30m").
     #[arg(long, env = "INVENTORY_SYNC_CLAIM_TTL", default_value = "30m",

@@ -119,7 +119,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Authenticator::disabled()
     } else {
         create_first_admin_token(&database, &args).await?;
-        Authenticator::new(database.clone())
+        Authenticator::new(database.clone(), args.token_recheck_interval)
     };
     let tls = tls_config(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -160,7 +160,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             listener,
             state.metrics.clone(),
             state.activity.clone(),
-            databases.syncs.clone(),
+            databases.clone(),
             std::future::pending(),
         );
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::activity::Activity;
-use crate::store::Database;
+use crate::server::Databases;
 use crate::sync::SyncCounts;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +29,8 @@ struct ChangeLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabel {
+    /// `syncs` or `requests` (see [`Databases`]).
+    pool: &'static str,
     state: &'static str,
 }
 
@@ -84,7 +86,7 @@ impl Default for Metrics {
         let connections = Family::<ConnectionLabel, Gauge>::default();
         registry.register(
             "database_connections",
-            "Connections of the database pool, by state: in_use, idle",
+            "Connections of the database pools (syncs, requests), by state: in_use, idle",
             connections.clone(),
         );
         Metrics(Arc::new(Inner {
@@ -122,14 +124,23 @@ impl Metrics {
     }
 
     /// The metrics in the Prometheus text format, with the gauges read now.
-    pub fn render(&self, activity: &Activity, database: &Database) -> String {
+    pub fn render(&self, activity: &Activity, databases: &Databases) -> String {
         let now = activity.snapshot();
         self.0.syncs_in_flight.set(now.syncs_in_flight as i64);
         self.0.products_in_flight.set(now.products_in_flight as i64);
-        let (size, idle) = database.pool_connections();
-        let gauge = |state| self.0.connections.get_or_create(&ConnectionLabel { state });
-        gauge("in_use").set(i64::from(size.saturating_sub(idle)));
-        gauge("idle").set(i64::from(idle));
+        for (pool, database) in [
+            ("syncs", &databases.syncs),
+            ("requests", &databases.requests),
+        ] {
+            let (size, idle) = database.pool_connections();
+            let gauge = |state| {
+                self.0
+                    .connections
+                    .get_or_create(&ConnectionLabel { pool, state })
+            };
+            gauge("in_use").set(i64::from(size.saturating_sub(idle)));
+            gauge("idle").set(i64::from(idle));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.0.registry)
             .expect("writing to a String cannot fail");
@@ -142,11 +153,11 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     activity: Activity,
-    database: Database,
+    databases: Databases,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let render = move || {
-        let text = metrics.render(&activity, &database);
+        let text = metrics.render(&activity, &databases);
         async move {
             (
                 [(

@@ -32,6 +32,9 @@ pub(super) const CONNECTIONS_PER_SYNC: u32 = 1 + LOOKUPS_AHEAD as u32;
 pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<PgPool, StoreError> {
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
+        // A ping before every use would double the round trips of a read; a connection that
+        // broke fails its next statement instead, and is dropped.
+        .test_before_acquire(false)
         // A database that cannot be reached answers UNAVAILABLE soon, not after 30 s.
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)

@@ -143,3 +143,26 @@ backend_tests! {
         assert!(reflection.server_reflection_info(tokio_stream::iter([request])).await.is_ok());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_in_use_is_refused_within_the_recheck_interval() {
+    const RECHECK: std::time::Duration = std::time::Duration::from_millis(300);
+    let config = || Config {
+        authenticated: true,
+        token_recheck_interval: RECHECK,
+        ..Config::default()
+    };
+    each_backend(config, async |server| {
+        let token = server.token("pos", Role::Store(vec![5])).await;
+        let id: i64 = token.split('_').nth(1).unwrap().parse().unwrap();
+        assert_eq!(get_code(&server, Some(&token), 5).await, Code::NotFound);
+        let revoked_at = std::time::Instant::now();
+        assert!(auth::revoke_token(&server.database, id).await.unwrap());
+        tokio::time::sleep(RECHECK.saturating_sub(revoked_at.elapsed())).await;
+        assert_eq!(
+            get_code(&server, Some(&token), 5).await,
+            Code::Unauthenticated
+        );
+    })
+    .await;
+}

@@ -40,6 +40,7 @@ pub struct Config {
     pub claim_ttl: std::time::Duration,
     /// Connections of the pool for every call but syncs.
     pub request_connections: u32,
+    pub token_recheck_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -52,6 +53,7 @@ impl Default for Config {
             database_check_interval: std::time::Duration::from_secs(5),
             claim_ttl: inventory_sync::matching::DEFAULT_CLAIM_TTL,
             request_connections: 8,
+            token_recheck_interval: inventory_sync::auth::DEFAULT_TOKEN_RECHECK_INTERVAL,
         }
     }
 }
@@ -130,7 +132,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let activity = Activity::default();
         let auth = if config.authenticated {
-            Authenticator::new(database.clone())
+            Authenticator::new(database.clone(), config.token_recheck_interval)
         } else {
             Authenticator::disabled()
         };
