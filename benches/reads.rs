@@ -96,7 +96,10 @@ async fn serve_constant() {
     };
     tonic::transport::Server::builder()
         .add_service(InventorySyncServer::new(ConstantServer { product }))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        // As the service's own listener: no Nagle's delay.
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await
         .unwrap();
 }
@@ -276,7 +279,7 @@ fn admin_token(url: &str) -> String {
 async fn bench(backend: Backend, floor: &Reads, big: usize, dir: &std::path::Path) -> Option<()> {
     let url = fresh_database(backend, dir, "reads").await?;
     let token = admin_token(&url);
-    let server = Server::start_with(&url, &["--request-connections", "32"]);
+    let server = Server::start_with(&url, &[]);
     let channel = Channel::from_shared(server.endpoint.clone()).unwrap();
     let channel = channel.connect().await.unwrap();
     let bearer: MetadataValue<Ascii> = format!("Bearer {token}").parse().unwrap();
