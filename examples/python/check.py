@@ -5,11 +5,10 @@
 """
 
 import pathlib
-import re
 import subprocess
 import sys
-import tempfile
-import threading
+
+from local_server import local_server
 
 EXPECTED = """\
 sync: received=3 created=3 updated=0 unchanged=0 cleared=0
@@ -21,28 +20,10 @@ product 10005: in_stock=0 match_status=MATCH_STATUS_PENDING
 def main():
     binary = pathlib.Path(sys.argv[1]).resolve()
     example = pathlib.Path(__file__).resolve().parent / "sync_example.py"
-    with tempfile.TemporaryDirectory() as workdir:
-        server = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--insecure-no-auth",
-             "--database-url", "example.db"],
-            cwd=workdir, stderr=subprocess.PIPE, text=True)
-        try:
-            address = None
-            for line in server.stderr:
-                found = re.search(r"listen=(\S+)", line)
-                if found:
-                    address = found.group(1)
-                    break
-            if address is None:
-                sys.exit("the server stopped before it listened")
-            # Keep draining the log so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-            result = subprocess.run(
-                [sys.executable, example, "--server", address, "--store", "7"],
-                capture_output=True, text=True, timeout=120)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with local_server(binary) as address:
+        result = subprocess.run(
+            [sys.executable, example, "--server", address, "--store", "7"],
+            capture_output=True, text=True, timeout=120)
     if result.returncode != 0 or result.stdout != EXPECTED:
         print(result.stdout, result.stderr, sep="\n", file=sys.stderr)
         sys.exit(f"the Python example printed other than expected:\n{EXPECTED}")

@@ -10,15 +10,12 @@ violations, and the store's history must stay readable.
 """
 
 import pathlib
-import re
-import subprocess
 import sys
-import tempfile
-import threading
 
 import grpc
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from local_server import local_server  # noqa: E402
 from sync_example import generate_stubs  # noqa: E402
 
 STORE = 11
@@ -49,34 +46,16 @@ def check(error, field):
 def main():
     binary = pathlib.Path(sys.argv[1]).resolve()
     pb, services = generate_stubs()
-    with tempfile.TemporaryDirectory() as workdir:
-        server = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--insecure-no-auth",
-             "--database-url", "limits.db"],
-            cwd=workdir, stderr=subprocess.PIPE, text=True)
-        try:
-            address = None
-            for line in server.stderr:
-                found = re.search(r"listen=(\S+)", line)
-                if found:
-                    address = found.group(1)
-                    break
-            if address is None:
-                sys.exit("the server stopped before it listened")
-            threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-            with grpc.insecure_channel(address) as channel:
-                stub = services.InventorySyncStub(channel)
-                huge_price = pb.ProductUpdate(external_id="a", price="9" * 1_000_000)
-                check(refusal(stub, pb, [huge_price]), "products[0].price")
-                many = [pb.ProductUpdate(external_id=f"p{n:0>120}", price="x" * 5_000,
-                                         barcodes=["é" * 5_000]) for n in range(100)]
-                check(refusal(stub, pb, many), "products[0].barcodes[0]")
-                runs = stub.ListSyncRuns(pb.ListSyncRunsRequest(store_id=STORE), timeout=60)
-                if len(runs.runs) != 2:
-                    sys.exit(f"expected 2 runs in the history, got {len(runs.runs)}")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with local_server(binary) as address, grpc.insecure_channel(address) as channel:
+        stub = services.InventorySyncStub(channel)
+        huge_price = pb.ProductUpdate(external_id="a", price="9" * 1_000_000)
+        check(refusal(stub, pb, [huge_price]), "products[0].price")
+        many = [pb.ProductUpdate(external_id=f"p{n:0>120}", price="x" * 5_000,
+                                 barcodes=["é" * 5_000]) for n in range(100)]
+        check(refusal(stub, pb, many), "products[0].barcodes[0]")
+        runs = stub.ListSyncRuns(pb.ListSyncRunsRequest(store_id=STORE), timeout=60)
+        if len(runs.runs) != 2:
+            sys.exit(f"expected 2 runs in the history, got {len(runs.runs)}")
     print("default client limits: ok")
 
 

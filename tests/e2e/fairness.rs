@@ -13,13 +13,6 @@ use crate::support::*;
 
 const STORE: i64 = 1_200;
 
-fn limited(limits: SyncLimits) -> Config {
-    Config {
-        limits,
-        ..Config::default()
-    }
-}
-
 /// The store's history, newest first.
 async fn outcomes(server: &TestServer, store_id: i64) -> Vec<pb::SyncRun> {
     let mut client = server.client().await;
@@ -37,7 +30,7 @@ async fn outcomes(server: &TestServer, store_id: i64) -> Vec<pb::SyncRun> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_keeps_trickling_is_cut_at_the_longest_sync_duration() {
     let config = || {
-        limited(SyncLimits {
+        Config::limited(SyncLimits {
             max_sync_duration: Duration::from_millis(800),
             idle_timeout: Duration::from_secs(60),
             ..SyncLimits::default()
@@ -62,11 +55,10 @@ async fn a_stream_that_keeps_trickling_is_cut_at_the_longest_sync_duration() {
         let started = Instant::now();
         let status = open.answer.await.unwrap().unwrap_err();
         trickle.abort();
-        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-        assert!(
-            status.message().contains("longest a sync may take"),
-            "{}",
-            status.message()
+        assert_refused(
+            &status,
+            tonic::Code::DeadlineExceeded,
+            "longest a sync may take",
         );
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -85,7 +77,7 @@ async fn a_stream_that_keeps_trickling_is_cut_at_the_longest_sync_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_over_its_sync_limit_is_refused_at_once_while_other_stores_sync() {
     let config = || {
-        limited(SyncLimits {
+        Config::limited(SyncLimits {
             max_syncs_per_store: 2,
             // A refusal that waited for a turn would show as this long wait.
             queue_timeout: Duration::from_secs(60),
@@ -104,17 +96,10 @@ async fn a_store_over_its_sync_limit_is_refused_at_once_while_other_stores_sync(
         let refused = sync(&mut client, header(STORE), vec![stocked("c", 1)])
             .await
             .unwrap_err();
-        assert_eq!(
-            refused.code(),
+        assert_refused(
+            &refused,
             tonic::Code::ResourceExhausted,
-            "{refused:?}"
-        );
-        assert!(
-            refused
-                .message()
-                .contains("store 1200 already has 2 syncs running"),
-            "{}",
-            refused.message()
+            "store 1200 already has 2 syncs running",
         );
         // Another store is untouched.
         let other = sync(&mut client, header(STORE + 1), vec![stocked("x", 1)])
@@ -152,29 +137,8 @@ async fn a_token_over_its_sync_limit_is_refused_while_other_tokens_sync() {
             .await;
         let calm = server.token("calm-pos", Role::Store(vec![STORE + 2])).await;
         let mut busy_client = server.client_as(&busy).await;
-        let (held, stream) = tokio::sync::mpsc::channel(4);
-        let (held_too, stream_too) = tokio::sync::mpsc::channel(4);
-        for (messages, store) in [(&held, STORE), (&held_too, STORE + 1)] {
-            messages
-                .send(pb::SyncRequest {
-                    header: Some(header(store)),
-                    products: vec![stocked("a", 1)],
-                })
-                .await
-                .unwrap();
-        }
-        let mut first_client = busy_client.clone();
-        let first = tokio::spawn(async move {
-            first_client
-                .sync(tokio_stream::wrappers::ReceiverStream::new(stream))
-                .await
-        });
-        let mut second_client = busy_client.clone();
-        let second = tokio::spawn(async move {
-            second_client
-                .sync(tokio_stream::wrappers::ReceiverStream::new(stream_too))
-                .await
-        });
+        let first = open_sync(&busy_client, header(STORE), vec![stocked("a", 1)]).await;
+        let second = open_sync(&busy_client, header(STORE + 1), vec![stocked("a", 1)]).await;
         server
             .activity
             .wait_until(|now| now.syncs_in_flight == 2)
@@ -185,15 +149,10 @@ async fn a_token_over_its_sync_limit_is_refused_while_other_tokens_sync() {
             .sync(tokio_stream::iter(third.clone()))
             .await
             .unwrap_err();
-        assert_eq!(
-            refused.code(),
+        assert_refused(
+            &refused,
             tonic::Code::ResourceExhausted,
-            "{refused:?}"
-        );
-        assert!(
-            refused.message().contains("token already has 2 syncs"),
-            "{}",
-            refused.message()
+            "token already has 2 syncs",
         );
         let mut calm_client = server.client_as(&calm).await;
         let answer = calm_client
@@ -203,9 +162,8 @@ async fn a_token_over_its_sync_limit_is_refused_while_other_tokens_sync() {
             .into_inner();
         assert_eq!(answer.created, 1);
 
-        drop((held, held_too));
-        assert_eq!(first.await.unwrap().unwrap().into_inner().created, 1);
-        assert_eq!(second.await.unwrap().unwrap().into_inner().created, 1);
+        assert_eq!(first.finish().await.unwrap().created, 1);
+        assert_eq!(second.finish().await.unwrap().created, 1);
     })
     .await;
 }
@@ -214,7 +172,7 @@ async fn a_token_over_its_sync_limit_is_refused_while_other_tokens_sync() {
 async fn with_every_sync_slot_held_by_an_idle_stream_reads_still_answer() {
     const SLOTS: usize = 16;
     let config = || {
-        limited(SyncLimits {
+        Config::limited(SyncLimits {
             max_concurrent_syncs: SLOTS,
             queue_timeout: Duration::from_millis(300),
             ..SyncLimits::default()
@@ -346,20 +304,8 @@ async fn a_sync_whose_token_is_revoked_during_its_upload_commits_nothing() {
     each_backend(config, async |server| {
         let token = server.token("pos", Role::Store(vec![STORE])).await;
         let id: i64 = token.split('_').nth(1).unwrap().parse().unwrap();
-        let mut client = server.client_as(&token).await;
-        let (messages, stream) = tokio::sync::mpsc::channel(4);
-        messages
-            .send(pb::SyncRequest {
-                header: Some(header(STORE)),
-                products: vec![stocked("a", 1)],
-            })
-            .await
-            .unwrap();
-        let answer = tokio::spawn(async move {
-            client
-                .sync(tokio_stream::wrappers::ReceiverStream::new(stream))
-                .await
-        });
+        let client = server.client_as(&token).await;
+        let open = open_sync(&client, header(STORE), vec![stocked("a", 1)]).await;
         server
             .activity
             .wait_until(|now| now.products_in_flight == 1)
@@ -370,10 +316,8 @@ async fn a_sync_whose_token_is_revoked_during_its_upload_commits_nothing() {
                 .await
                 .unwrap()
         );
-        drop(messages);
-        let status = answer.await.unwrap().unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
-        assert!(status.message().contains("revoked"), "{}", status.message());
+        let status = open.finish().await.unwrap_err();
+        assert_refused(&status, tonic::Code::Unauthenticated, "revoked");
 
         let admin = server.token("admin", Role::Admin).await;
         let mut admin_client = server.client_as(&admin).await;

@@ -19,13 +19,6 @@ fn stocked_products(prefix: &str, count: usize) -> Vec<pb::ProductUpdate> {
         .collect()
 }
 
-fn limited(limits: SyncLimits) -> Config {
-    Config {
-        limits,
-        ..Config::default()
-    }
-}
-
 backend_tests! {
     async fn a_clear_of_most_of_a_store_is_refused_unless_allowed(server) {
         let mut client = server.client().await;
@@ -182,7 +175,7 @@ mod limits {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_client_is_dropped_and_its_sync_rolled_back() {
         let config = || {
-            limited(SyncLimits {
+            Config::limited(SyncLimits {
                 idle_timeout: Duration::from_millis(300),
                 ..SyncLimits::default()
             })
@@ -223,7 +216,7 @@ mod limits {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn syncs_beyond_the_concurrency_limit_wait_a_bounded_time_then_are_refused() {
         let config = || {
-            limited(SyncLimits {
+            Config::limited(SyncLimits {
                 max_concurrent_syncs: 1,
                 queue_timeout: Duration::from_millis(200),
                 ..SyncLimits::default()
@@ -300,7 +293,7 @@ mod limits {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn field_limits_follow_the_servers_configuration() {
         let config = || {
-            limited(SyncLimits {
+            Config::limited(SyncLimits {
                 fields: FieldLimits {
                     max_barcodes: 2,
                     max_name_chars: 5,

@@ -217,6 +217,14 @@ backend_tests! {
     }
 }
 
+/// A claim of `product_id`; who claims it is the caller's token.
+fn claim(product_id: i64) -> pb::ClaimRequest {
+    pb::ClaimRequest {
+        product_id,
+        claimed_by: String::new(),
+    }
+}
+
 /// A server that checks tokens, with claims that expire after `claim_ttl`.
 fn secured(claim_ttl: std::time::Duration) -> Config {
     Config {
@@ -303,12 +311,7 @@ async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
             .unwrap()
             .into_inner();
         assert_eq!(released.match_status, pb::MatchStatus::Pending as i32);
-        ben.claim(pb::ClaimRequest {
-            product_id: a,
-            claimed_by: String::new(),
-        })
-        .await
-        .unwrap();
+        ben.claim(claim(a)).await.unwrap();
         let done = ben
             .complete(pb::CompleteRequest {
                 product_id: a,
@@ -382,19 +385,8 @@ async fn a_claim_older_than_its_ttl_is_pending_again() {
             let a = stream.message().await.unwrap().unwrap().id;
 
             let claimed_at = std::time::Instant::now();
-            ana.claim(pb::ClaimRequest {
-                product_id: a,
-                claimed_by: String::new(),
-            })
-            .await
-            .unwrap();
-            let taken = ben
-                .claim(pb::ClaimRequest {
-                    product_id: a,
-                    claimed_by: String::new(),
-                })
-                .await
-                .unwrap_err();
+            ana.claim(claim(a)).await.unwrap();
+            let taken = ben.claim(claim(a)).await.unwrap_err();
             let pending_meanwhile = listed(&mut ben).await;
             // (Only checked if this machine was not so slow that the claim expired already.)
             if claimed_at.elapsed() < TTL {
@@ -412,13 +404,7 @@ async fn a_claim_older_than_its_ttl_is_pending_again() {
                 listed(&mut ben).await,
                 [("a".to_owned(), pb::MatchStatus::Pending as i32)]
             );
-            let claimed = ben
-                .claim(pb::ClaimRequest {
-                    product_id: a,
-                    claimed_by: String::new(),
-                })
-                .await
-                .unwrap();
+            let claimed = ben.claim(claim(a)).await.unwrap();
             assert_eq!(claimed.into_inner().claimed_by, "ben");
             let late = ana
                 .release(pb::ReleaseRequest { product_id: a })

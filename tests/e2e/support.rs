@@ -43,6 +43,16 @@ pub struct Config {
     pub token_recheck_interval: std::time::Duration,
 }
 
+impl Config {
+    /// The default set-up with these sync limits.
+    pub fn limited(limits: SyncLimits) -> Self {
+        Config {
+            limits,
+            ..Config::default()
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -464,6 +474,12 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .collect()
 }
 
+/// Checks that `status` has `code` and a message that says `says`.
+pub fn assert_refused(status: &tonic::Status, code: tonic::Code, says: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{}", status.message());
+}
+
 /// Waits until no sync is in flight, then checks that the store has no product at all.
 pub async fn assert_nothing_committed(
     server: &TestServer,
@@ -634,12 +650,19 @@ impl OpenSync {
 }
 
 /// Starts a sync whose first message carries `header` and `products`, and keeps its stream
-/// open.
-pub async fn open_sync(
-    client: &InventorySyncClient<Channel>,
+/// open; `client` may carry a token.
+pub async fn open_sync<T>(
+    client: &InventorySyncClient<T>,
     header: pb::SyncHeader,
     products: Vec<pb::ProductUpdate>,
-) -> OpenSync {
+) -> OpenSync
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    T::Future: Send,
+{
     let (messages, stream) = tokio::sync::mpsc::channel(4);
     messages
         .send(pb::SyncRequest {
