@@ -50,21 +50,27 @@ macro_rules! token_queries {
                 tx.commit().await?;
                 return Ok(None);
             }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at)
-                 VALUES (COALESCE($1, 1), $2, $3, $4, $5) RETURNING id",
-            )
-            .bind(id)
-            .bind(token.name)
-            .bind(token.role)
-            .bind(token.secret_hash)
-            .bind(token.created_at)
-            .fetch_one(&mut *tx)
-            .await?;
-            let after_explicit_id: Option<&str> = $after_explicit_id;
-            if let Some(statement) = after_explicit_id {
-                sqlx::query(statement).execute(&mut *tx).await?;
-            }
+            let id: i64 = match id {
+                Some(id) => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO api_tokens (id, name, role, secret_hash, created_at)
+                         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    )
+                    .bind(id)
+                    .bind(token.name)
+                    .bind(token.role)
+                    .bind(token.secret_hash)
+                    .bind(token.created_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let after_explicit_id: Option<&str> = $after_explicit_id;
+                    if let Some(statement) = after_explicit_id {
+                        sqlx::query(statement).execute(&mut *tx).await?;
+                    }
+                    id
+                }
+                None => insert_token_row(&mut *tx, token).await?,
+            };
             tx.commit().await?;
             Ok(Some(id))
         }
@@ -74,16 +80,7 @@ macro_rules! token_queries {
             token: &$crate::store::NewToken<'_>,
         ) -> Result<i64, $crate::store::StoreError> {
             let mut tx = pool.begin().await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO api_tokens (name, role, secret_hash, created_at)
-                 VALUES ($1, $2, $3, $4) RETURNING id",
-            )
-            .bind(token.name)
-            .bind(token.role)
-            .bind(token.secret_hash)
-            .bind(token.created_at)
-            .fetch_one(&mut *tx)
-            .await?;
+            let id = insert_token_row(&mut *tx, token).await?;
             for store_id in token.stores {
                 sqlx::query(
                     "INSERT INTO api_token_stores (token_id, store_id) VALUES ($1, $2)
@@ -96,6 +93,23 @@ macro_rules! token_queries {
             }
             tx.commit().await?;
             Ok(id)
+        }
+
+        /// Stores a token's row with an id of the table's choosing; returns the id.
+        async fn insert_token_row(
+            connection: &mut <$database as sqlx::Database>::Connection,
+            token: &$crate::store::NewToken<'_>,
+        ) -> Result<i64, $crate::store::StoreError> {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO api_tokens (name, role, secret_hash, created_at)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(token.name)
+            .bind(token.role)
+            .bind(token.secret_hash)
+            .bind(token.created_at)
+            .fetch_one(connection)
+            .await?)
         }
 
         pub(super) async fn token(
