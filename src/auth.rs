@@ -320,8 +320,15 @@ impl Authenticator {
             return Ok(0);
         };
         let uses = std::mem::take(&mut *lock(&self.uses));
-        for (&id, &used_at) in &uses {
-            database.touch_token(id, used_at).await?;
+        for (position, (&id, &used_at)) in uses.iter().enumerate() {
+            if let Err(error) = database.touch_token(id, used_at).await {
+                // Kept for the next round, unless the token was used again meanwhile.
+                let mut pending = lock(&self.uses);
+                for (&id, &used_at) in uses.iter().skip(position) {
+                    pending.entry(id).or_insert(used_at);
+                }
+                return Err(error);
+            }
         }
         Ok(uses.len())
     }
@@ -368,13 +375,19 @@ impl Authenticator {
             return Ok(principal);
         }
         let checked_at = Instant::now();
-        let record = database.token(id).await?.ok_or(AuthError::Invalid)?;
+        let Some(record) = database.token(id).await? else {
+            lock(&self.verified).remove(&id);
+            return Err(AuthError::Invalid);
+        };
         let matches: bool = presented
             .as_bytes()
             .ct_eq(record.secret_hash.as_bytes())
             .into();
-        if !matches || record.revoked_at.is_some() {
+        if record.revoked_at.is_some() {
             lock(&self.verified).remove(&id);
+        }
+        // A wrong secret leaves the cache alone: anyone may guess at a token's id.
+        if !matches || record.revoked_at.is_some() {
             return Err(AuthError::Invalid);
         }
         let role = match record.role.as_str() {

@@ -188,6 +188,12 @@ async fn create_first_admin_token(database: &Database, args: &ServeArgs) -> Resu
         None => FirstToken::Generated,
     };
     let Some(token) = auth::create_first_admin_token(database, source).await? else {
+        if args.admin_token.is_some() {
+            tracing::warn!(
+                "the database has had tokens already; --admin-token is not used (make tokens \
+                 with `inventory-sync tokens create`)"
+            );
+        }
         return Ok(());
     };
     if args.admin_token.is_some() {
@@ -196,15 +202,22 @@ async fn create_first_admin_token(database: &Database, args: &ServeArgs) -> Resu
             "created the first admin token from --admin-token"
         );
     } else if let Some(path) = &args.admin_token_file {
-        write_secret(path, &format!("{token}\n"))
-            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        write_secret(path, &format!("{token}\n")).map_err(|error| {
+            format!(
+                "created the first admin token (id {}) but cannot write it to {}: {error}; \
+                 revoke it and make another with `inventory-sync tokens create --admin`",
+                token.id,
+                path.display()
+            )
+        })?;
         tracing::info!(
             id = token.id,
             file = %path.display(),
             "created the first admin token and wrote it to the file"
         );
     } else {
-        tracing::info!(
+        // A warning, so that it shows at any log level an operator would run with.
+        tracing::warn!(
             id = token.id,
             token = %token,
             "created the first admin token; it will not be shown again, keep it safe. Pass it \
@@ -215,14 +228,18 @@ async fn create_first_admin_token(database: &Database, args: &ServeArgs) -> Resu
     Ok(())
 }
 
-/// Writes a file only its owner may read.
+/// Writes a file only its owner may read, whether or not it existed before.
 fn write_secret(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents.as_bytes())
+    let mut file = options.open(path)?;
+    // The mode above applies to a new file only; an old one keeps its own until told.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())
 }
 
 fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, Failure> {

@@ -37,8 +37,10 @@ pub struct Databases {
 /// expire them first whenever they run.
 const CLAIM_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Connections a sync pool keeps beyond one per running sync: for the history rows of
-/// syncs waiting for their turn and the heartbeats.
+/// Connections a sync pool keeps beyond those of the running syncs' staging and one more
+/// per running sync (its heartbeat, its token's check before the merge): for the history
+/// rows of syncs waiting for their turn, and the reaper. On SQLite each of these may wait
+/// out another sync's merge while it holds its connection.
 const SYNC_POOL_HEADROOM: u32 = 2;
 
 impl Databases {
@@ -54,7 +56,7 @@ impl Databases {
             url,
             PoolSettings {
                 max_connections: running
-                    .saturating_mul(url.connections_per_sync())
+                    .saturating_mul(url.connections_per_sync() + 1)
                     .saturating_add(SYNC_POOL_HEADROOM),
                 run_migrations: true,
             },

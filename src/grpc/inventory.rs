@@ -304,7 +304,13 @@ impl StreamClock {
     /// time is up, whichever comes first. A client trickling messages still meets the
     /// deadline: a sync cannot hold its seat and connection for as long as it likes.
     async fn next<T>(&self, message: impl std::future::Future<Output = T>) -> Result<T, SyncError> {
-        let idle_until = tokio::time::Instant::now() + self.idle_timeout;
+        let now = tokio::time::Instant::now();
+        // Checked first: a timeout does not fire while messages are ready at once (a client
+        // sending faster than the sync stages), and staging's own waits count too.
+        if now >= self.deadline {
+            return Err(SyncError::TooLong(self.max_duration));
+        }
+        let idle_until = now + self.idle_timeout;
         if idle_until < self.deadline {
             tokio::time::timeout_at(idle_until, message)
                 .await

@@ -146,11 +146,14 @@ async fn the_first_admin_token_is_a_json_log_line_under_json_logs() {
 async fn the_first_admin_token_may_go_to_a_file_instead_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("admin-token");
+    // A file left readable by others is made private before the token goes in.
+    std::fs::write(&file, "old").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let served = serve_in(dir.path(), &["--admin-token-file", file.to_str().unwrap()]);
     assert_eq!(served.first_admin_token, None, "not logged");
     let token = std::fs::read_to_string(&file).unwrap();
     assert!(accepted(&served.endpoint, token.trim()).await);
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "only its owner may read it: {mode:o}");
     assert!(terminate(served.child).await.success());

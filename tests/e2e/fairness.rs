@@ -75,6 +75,38 @@ async fn a_stream_that_keeps_trickling_is_cut_at_the_longest_sync_duration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_sends_without_pause_is_cut_at_the_longest_sync_duration_too() {
+    // Messages always ready: the deadline must not wait for a pause that never comes.
+    let config = || {
+        Config::limited(SyncLimits {
+            max_sync_duration: Duration::from_millis(500),
+            max_products: 300_000,
+            ..SyncLimits::default()
+        })
+    };
+    each_backend(config, async |server| {
+        let mut client = server.client().await;
+        let endless = (0..).map(|n| pb::SyncRequest {
+            header: None,
+            products: (0..100).map(|k| stocked(&format!("p{n}-{k}"), 1)).collect(),
+        });
+        let first = pb::SyncRequest {
+            header: Some(header(STORE)),
+            products: Vec::new(),
+        };
+        let stream = tokio_stream::iter(std::iter::once(first).chain(endless));
+        let status = client.sync(stream).await.unwrap_err();
+        assert_refused(
+            &status,
+            tonic::Code::DeadlineExceeded,
+            "longest a sync may take",
+        );
+        assert_nothing_committed(&server, &mut client, STORE).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_over_its_sync_limit_is_refused_at_once_while_other_stores_sync() {
     let config = || {
         Config::limited(SyncLimits {
