@@ -62,6 +62,13 @@ impl Databases {
             },
         )
         .await?;
+        // An in-memory database exists once per pool: both pools must be the same one.
+        if url.is_in_memory() {
+            return Ok(Databases {
+                requests: syncs.clone(),
+                syncs,
+            });
+        }
         let requests = Database::connect_with(
             url,
             PoolSettings {
@@ -248,5 +255,23 @@ async fn watch_database(database: Database, health: HealthReporter, interval: Du
         ] {
             health.set_service_status(service, status).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{self, Role};
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_one_database_for_both_pools() {
+        let url: DatabaseUrl = "sqlite::memory:".parse().unwrap();
+        let databases = Databases::open(&url, &SyncLimits::default(), 2)
+            .await
+            .unwrap();
+        let token = auth::create_token(&databases.syncs, "t", &Role::Admin)
+            .await
+            .unwrap();
+        assert!(databases.requests.token(token.id).await.unwrap().is_some());
     }
 }

@@ -93,6 +93,14 @@ impl FromStr for DatabaseUrl {
 }
 
 impl DatabaseUrl {
+    /// A SQLite database that lives in memory only (`sqlite::memory:`, `mode=memory`).
+    pub fn is_in_memory(&self) -> bool {
+        match self {
+            DatabaseUrl::Sqlite(url) => sqlite::is_in_memory(url),
+            DatabaseUrl::Postgres(_) => false,
+        }
+    }
+
     /// Connections one running sync may hold at once: its staging connection, and on
     /// PostgreSQL the lookups that run ahead of its `COPY`.
     pub fn connections_per_sync(&self) -> u32 {

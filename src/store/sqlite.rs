@@ -35,6 +35,7 @@ pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<SqliteP
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true);
     let migrations_lock = match settings.run_migrations {
+        true if is_in_memory(url) => None,
         true => Some(MigrationsLock::take(options.get_filename()).await?),
         false => None,
     };
@@ -46,7 +47,7 @@ pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<SqliteP
         .test_before_acquire(false)
         .connect_with(options)
         .await?;
-    if migrations_lock.is_some() {
+    if settings.run_migrations {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     }
     drop(migrations_lock);
@@ -54,17 +55,20 @@ pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<SqliteP
     Ok(pool)
 }
 
-/// An exclusive lock on `<database>-migrate.lock`, held while the migrations run. sqlx's
+/// Whether a SQLite URL names a database in memory (`sqlite::memory:`, `mode=memory`).
+pub(super) fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// An exclusive lock on `<database>-migrate.lock`, held while the migrations run (an
+/// in-memory database is this process's alone and needs none). sqlx's
 /// SQLite migrator checks which migrations are applied and applies the rest in separate
 /// transactions, so two processes starting on one fresh file would both apply the first
 /// (PostgreSQL's migrator takes a lock of its own).
-struct MigrationsLock(Option<std::fs::File>);
+struct MigrationsLock(std::fs::File);
 
 impl MigrationsLock {
     async fn take(database: &std::path::Path) -> Result<Self, StoreError> {
-        if database.as_os_str().is_empty() || database == std::path::Path::new(":memory:") {
-            return Ok(MigrationsLock(None));
-        }
         let mut path = database.as_os_str().to_owned();
         path.push("-migrate.lock");
         let path = std::path::PathBuf::from(path);
@@ -82,16 +86,14 @@ impl MigrationsLock {
         let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
             .await
             .map_err(|error| failed(std::io::Error::other(error)))?;
-        Ok(MigrationsLock(Some(locked.map_err(failed)?)))
+        Ok(MigrationsLock(locked.map_err(failed)?))
     }
 }
 
 impl Drop for MigrationsLock {
     fn drop(&mut self) {
-        if let Some(file) = &self.0 {
-            // Closing the file would release it too; unlocking says so.
-            let _ = file.unlock();
-        }
+        // Closing the file would release it too; unlocking says so.
+        let _ = self.0.unlock();
     }
 }
 
