@@ -80,7 +80,7 @@ async fn a_stream_that_sends_without_pause_is_cut_at_the_longest_sync_duration_t
     let config = || {
         Config::limited(SyncLimits {
             max_sync_duration: Duration::from_millis(500),
-            max_products: 300_000,
+            max_products: 1_000_000,
             ..SyncLimits::default()
         })
     };
