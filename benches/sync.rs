@@ -229,7 +229,7 @@ async fn database_limit(url: &str, count: usize) -> Measured {
     let rows: Vec<pb::ProductUpdate> = (0..count).map(|n| product(n, 0)).collect();
     let started = Instant::now();
     match &database {
-        Database::Sqlite(pool) => {
+        Database::Sqlite(pool, _) => {
             let mut connection = pool.acquire().await.unwrap();
             let mut tx = connection.begin().await.unwrap();
             sqlx::query("INSERT INTO stores (id, created_at) VALUES (1, 0)")

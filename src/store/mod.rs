@@ -9,6 +9,7 @@ mod live;
 mod tokens;
 #[macro_use]
 mod history;
+mod point_reads;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -19,10 +20,12 @@ pub use merge::{
     BatchConflict, IdempotencyCheck, MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest,
     MergeRun,
 };
+pub use point_reads::PointReads;
 pub use tokens::{NewToken, TokenRecord};
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use futures::Stream;
 use sqlx::{PgPool, SqlitePool};
@@ -133,7 +136,9 @@ impl fmt::Display for DatabaseUrl {
 /// The database of the service.
 #[derive(Debug, Clone)]
 pub enum Database {
-    Sqlite(SqlitePool),
+    /// A SQLite file: its pool, and its point reads on the caller's thread (none for a
+    /// database in memory, which only the pool's connections share).
+    Sqlite(SqlitePool, Option<Arc<PointReads>>),
     Postgres(PgPool),
 }
 
@@ -258,7 +263,14 @@ impl Database {
         settings: PoolSettings,
     ) -> Result<Self, StoreError> {
         match url {
-            DatabaseUrl::Sqlite(url) => Ok(Database::Sqlite(sqlite::connect(url, settings).await?)),
+            DatabaseUrl::Sqlite(url) => {
+                let pool = sqlite::connect(url, settings).await?;
+                let point_reads = (!sqlite::is_in_memory(url)).then(|| {
+                    let path = pool.connect_options().get_filename().to_owned();
+                    Arc::new(PointReads::new(path))
+                });
+                Ok(Database::Sqlite(pool, point_reads))
+            }
             DatabaseUrl::Postgres(url) => {
                 Ok(Database::Postgres(postgres::connect(url, settings).await?))
             }
@@ -268,7 +280,7 @@ impl Database {
     /// Opens a staging area for one sync of `store_id` on a connection of its own.
     pub async fn open_staging(&self, store_id: i64, key: SyncKey) -> Result<Staging, StoreError> {
         match self {
-            Database::Sqlite(pool) => Ok(Staging::Sqlite(
+            Database::Sqlite(pool, _) => Ok(Staging::Sqlite(
                 sqlite::Staging::open(pool, store_id, key).await?,
             )),
             Database::Postgres(pool) => Ok(Staging::Postgres(
@@ -284,7 +296,18 @@ impl Database {
         key: &ProductKey,
     ) -> Result<Option<ProductRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::product(pool, store_id, key).await,
+            Database::Sqlite(pool, point_reads) => {
+                if let Some(point_reads) = point_reads {
+                    match point_reads.product(store_id, key) {
+                        Ok(found) => return Ok(found),
+                        // Busy or broken: the pooled path waits as long as it takes.
+                        Err(error) => {
+                            tracing::debug!(%error, "a point read failed; reading through the pool")
+                        }
+                    }
+                }
+                sqlite::product(pool, store_id, key).await
+            }
             Database::Postgres(pool) => postgres::product(pool, store_id, key).await,
         }
     }
@@ -297,7 +320,7 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<ProductRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::products_page(pool, filter, after_id, limit).await,
+            Database::Sqlite(pool, _) => sqlite::products_page(pool, filter, after_id, limit).await,
             Database::Postgres(pool) => {
                 postgres::products_page(pool, filter, after_id, limit).await
             }
@@ -310,7 +333,7 @@ impl Database {
         product_id: i64,
     ) -> Result<Option<ProductRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::product_by_id(pool, product_id).await,
+            Database::Sqlite(pool, _) => sqlite::product_by_id(pool, product_id).await,
             Database::Postgres(pool) => postgres::product_by_id(pool, product_id).await,
         }
     }
@@ -323,7 +346,7 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<ProductRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::pending_page(pool, filter, after_id, limit).await,
+            Database::Sqlite(pool, _) => sqlite::pending_page(pool, filter, after_id, limit).await,
             Database::Postgres(pool) => postgres::pending_page(pool, filter, after_id, limit).await,
         }
     }
@@ -337,7 +360,7 @@ impl Database {
         now: i64,
     ) -> Result<bool, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::claim(pool, product_id, claimant, now).await,
+            Database::Sqlite(pool, _) => sqlite::claim(pool, product_id, claimant, now).await,
             Database::Postgres(pool) => postgres::claim(pool, product_id, claimant, now).await,
         }
     }
@@ -353,7 +376,9 @@ impl Database {
     ) -> Result<bool, StoreError> {
         let row = (item.id, item.kind, item.name, item.vintage, item.producer);
         match self {
-            Database::Sqlite(pool) => sqlite::complete(pool, product_id, row, claimant, now).await,
+            Database::Sqlite(pool, _) => {
+                sqlite::complete(pool, product_id, row, claimant, now).await
+            }
             Database::Postgres(pool) => {
                 postgres::complete(pool, product_id, row, claimant, now).await
             }
@@ -368,7 +393,7 @@ impl Database {
         claimant: &Claimant<'_>,
     ) -> Result<bool, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::release(pool, product_id, claimant).await,
+            Database::Sqlite(pool, _) => sqlite::release(pool, product_id, claimant).await,
             Database::Postgres(pool) => postgres::release(pool, product_id, claimant).await,
         }
     }
@@ -376,7 +401,7 @@ impl Database {
     /// Makes products claimed before `claimed_before` pending again; how many.
     pub async fn expire_claims(&self, claimed_before: i64) -> Result<u64, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::expire_claims(pool, claimed_before).await,
+            Database::Sqlite(pool, _) => sqlite::expire_claims(pool, claimed_before).await,
             Database::Postgres(pool) => postgres::expire_claims(pool, claimed_before).await,
         }
     }
@@ -384,7 +409,7 @@ impl Database {
     /// Stores a new token; returns its id.
     pub async fn insert_token(&self, token: &NewToken<'_>) -> Result<i64, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::insert_token(pool, token).await,
+            Database::Sqlite(pool, _) => sqlite::insert_token(pool, token).await,
             Database::Postgres(pool) => postgres::insert_token(pool, token).await,
         }
     }
@@ -397,7 +422,7 @@ impl Database {
         id: Option<i64>,
     ) -> Result<Option<i64>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::insert_first_token(pool, token, id).await,
+            Database::Sqlite(pool, _) => sqlite::insert_first_token(pool, token, id).await,
             Database::Postgres(pool) => postgres::insert_first_token(pool, token, id).await,
         }
     }
@@ -405,7 +430,7 @@ impl Database {
     /// One token by id, revoked or not.
     pub async fn token(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::token(pool, id).await,
+            Database::Sqlite(pool, _) => sqlite::token(pool, id).await,
             Database::Postgres(pool) => postgres::token(pool, id).await,
         }
     }
@@ -413,7 +438,7 @@ impl Database {
     /// Every token, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::tokens(pool).await,
+            Database::Sqlite(pool, _) => sqlite::tokens(pool).await,
             Database::Postgres(pool) => postgres::tokens(pool).await,
         }
     }
@@ -421,7 +446,7 @@ impl Database {
     /// The stores a token may act for.
     pub async fn token_stores(&self, token_id: i64) -> Result<Vec<i64>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::token_stores(pool, token_id).await,
+            Database::Sqlite(pool, _) => sqlite::token_stores(pool, token_id).await,
             Database::Postgres(pool) => postgres::token_stores(pool, token_id).await,
         }
     }
@@ -429,7 +454,7 @@ impl Database {
     /// Revokes a token; `false` if there is no such token or it was already revoked.
     pub async fn revoke_token(&self, id: i64, now: i64) -> Result<bool, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::revoke_token(pool, id, now).await,
+            Database::Sqlite(pool, _) => sqlite::revoke_token(pool, id, now).await,
             Database::Postgres(pool) => postgres::revoke_token(pool, id, now).await,
         }
     }
@@ -437,7 +462,7 @@ impl Database {
     /// How many tokens were ever created (revoked ones included).
     pub async fn count_tokens(&self) -> Result<i64, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::count_tokens(pool).await,
+            Database::Sqlite(pool, _) => sqlite::count_tokens(pool).await,
             Database::Postgres(pool) => postgres::count_tokens(pool).await,
         }
     }
@@ -445,7 +470,7 @@ impl Database {
     /// Records that a token was used.
     pub async fn touch_token(&self, id: i64, now: i64) -> Result<(), StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::touch_token(pool, id, now).await,
+            Database::Sqlite(pool, _) => sqlite::touch_token(pool, id, now).await,
             Database::Postgres(pool) => postgres::touch_token(pool, id, now).await,
         }
     }
@@ -453,7 +478,7 @@ impl Database {
     /// Records that a sync started.
     pub async fn insert_sync_run(&self, run: &NewSyncRun<'_>) -> Result<(), StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::insert_sync_run(pool, run).await,
+            Database::Sqlite(pool, _) => sqlite::insert_sync_run(pool, run).await,
             Database::Postgres(pool) => postgres::insert_sync_run(pool, run).await,
         }
     }
@@ -461,7 +486,7 @@ impl Database {
     /// Records how a sync ended, unless it committed (the merge recorded that).
     pub async fn end_sync_run(&self, id: &str, ending: &RunEnding) -> Result<(), StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::end_sync_run(pool, id, ending).await,
+            Database::Sqlite(pool, _) => sqlite::end_sync_run(pool, id, ending).await,
             Database::Postgres(pool) => postgres::end_sync_run(pool, id, ending).await,
         }
     }
@@ -469,7 +494,7 @@ impl Database {
     /// Marks a running sync alive.
     pub async fn touch_sync_run(&self, id: &str, now: i64) -> Result<(), StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::touch_sync_run(pool, id, now).await,
+            Database::Sqlite(pool, _) => sqlite::touch_sync_run(pool, id, now).await,
             Database::Postgres(pool) => postgres::touch_sync_run(pool, id, now).await,
         }
     }
@@ -481,7 +506,9 @@ impl Database {
         now: i64,
     ) -> Result<u64, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::abort_silent_sync_runs(pool, silent_since, now).await,
+            Database::Sqlite(pool, _) => {
+                sqlite::abort_silent_sync_runs(pool, silent_since, now).await
+            }
             Database::Postgres(pool) => {
                 postgres::abort_silent_sync_runs(pool, silent_since, now).await
             }
@@ -491,7 +518,7 @@ impl Database {
     /// One sync run by id.
     pub async fn sync_run(&self, id: &str) -> Result<Option<SyncRunRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::sync_run(pool, id).await,
+            Database::Sqlite(pool, _) => sqlite::sync_run(pool, id).await,
             Database::Postgres(pool) => postgres::sync_run(pool, id).await,
         }
     }
@@ -504,7 +531,9 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<SyncRunRecord>, StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlite::sync_runs_page(pool, store_id, before, limit).await,
+            Database::Sqlite(pool, _) => {
+                sqlite::sync_runs_page(pool, store_id, before, limit).await
+            }
             Database::Postgres(pool) => {
                 postgres::sync_runs_page(pool, store_id, before, limit).await
             }
@@ -514,16 +543,24 @@ impl Database {
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
-            Database::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Database::Sqlite(pool, _) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
             Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
         }
         Ok(())
     }
 
+    /// The file of a SQLite database.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Database::Sqlite(pool, _) => Some(pool.connect_options().get_filename().to_owned()),
+            Database::Postgres(_) => None,
+        }
+    }
+
     /// The pool's open connections and how many of them are idle.
     pub fn pool_connections(&self) -> (u32, u32) {
         let (size, idle) = match self {
-            Database::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Database::Sqlite(pool, _) => (pool.size(), pool.num_idle()),
             Database::Postgres(pool) => (pool.size(), pool.num_idle()),
         };
         (size, u32::try_from(idle).unwrap_or(u32::MAX))
@@ -532,7 +569,7 @@ impl Database {
     /// Closes every connection.
     pub async fn close(&self) {
         match self {
-            Database::Sqlite(pool) => pool.close().await,
+            Database::Sqlite(pool, _) => pool.close().await,
             Database::Postgres(pool) => pool.close().await,
         }
     }
