@@ -3,6 +3,7 @@
 //! received 10,000 products, cancel now").
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -15,6 +16,9 @@ pub struct ActivitySnapshot {
     pub products_in_flight: u64,
     /// Of those syncs, the ones whose upload is complete: they are checking and merging.
     pub syncs_merging: u64,
+    /// Syncs whose client still waits for the answer: its call is open. A sync in flight
+    /// that is not awaited was abandoned, and its worker is winding down.
+    pub syncs_awaited: u64,
 }
 
 /// Shared tracker of work in flight.
@@ -37,11 +41,20 @@ impl Activity {
         *self.state.borrow()
     }
 
-    /// Waits until `condition` holds for the view.
-    pub async fn wait_until(&self, condition: impl FnMut(&ActivitySnapshot) -> bool) {
+    /// Waits until `condition` holds for the view, at most `deadline`; past it, the last
+    /// view seen is the error, so a test that waits on the server fails by name instead of
+    /// hanging the run.
+    pub async fn wait_until(
+        &self,
+        deadline: Duration,
+        condition: impl FnMut(&ActivitySnapshot) -> bool,
+    ) -> Result<(), ActivitySnapshot> {
         let mut receiver = self.state.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = receiver.wait_for(condition).await;
+        match tokio::time::timeout(deadline, receiver.wait_for(condition)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.snapshot()),
+        }
     }
 
     /// Counts a sync as in flight until the returned guard is dropped.
@@ -52,6 +65,31 @@ impl Activity {
             products: 0,
             merging: false,
         }
+    }
+}
+
+/// A sync's open call: counted as awaited until dropped (when the handler ends or the client
+/// goes away).
+#[derive(Debug)]
+pub struct SyncAwaited {
+    activity: Activity,
+}
+
+impl Activity {
+    /// Counts a sync as awaited by its client until the returned guard is dropped.
+    pub fn await_sync(&self) -> SyncAwaited {
+        self.state.send_modify(|state| state.syncs_awaited += 1);
+        SyncAwaited {
+            activity: self.clone(),
+        }
+    }
+}
+
+impl Drop for SyncAwaited {
+    fn drop(&mut self) {
+        self.activity
+            .state
+            .send_modify(|state| state.syncs_awaited -= 1);
     }
 }
 

@@ -209,6 +209,7 @@ impl SyncEngine {
             ended_early,
             commands,
             worker: Some(worker),
+            _awaited: self.activity.await_sync(),
         })
     }
 }
@@ -425,6 +426,9 @@ pub struct SyncSession {
     commands: mpsc::Sender<Command>,
     /// Taken when joined: a finished task's result can be taken once.
     worker: Option<JoinHandle<Result<Merged, SyncError>>>,
+    /// Declared last, so it is dropped after `commands`: once it no longer counts, the
+    /// worker has been told that nobody waits.
+    _awaited: crate::activity::SyncAwaited,
 }
 
 impl SyncSession {

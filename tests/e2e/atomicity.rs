@@ -24,14 +24,43 @@ backend_tests! {
             messages.send(pb::SyncRequest { header: None, products }).await.unwrap();
         }
         // The server has taken in all 10,000 products; now the client goes away.
-        server.activity.wait_until(|now| now.products_in_flight >= 10_000).await;
+        server.wait_until(|now| now.products_in_flight >= 10_000).await;
         call.abort();
-        server.activity.wait_until(|now| now.syncs_in_flight == 0).await;
+        server.wait_until(|now| now.syncs_in_flight == 0).await;
 
         assert_eq!(list(&mut client, STORE).await, before, "nothing of the cancelled sync is visible");
         // The store is not left locked or dirty: the next sync works.
         let response = sync(&mut client, header(STORE), vec![stocked("p0-0", 1)]).await.unwrap();
         assert_eq!(response.created, 1);
+    }
+
+    async fn a_stream_cancelled_after_it_half_closed_commits_nothing(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![stocked("existing", 3)]).await.unwrap();
+        let before = list(&mut client, STORE).await;
+
+        let open = open_sync(&client, header(STORE), vec![stocked("existing", 4), stocked("new", 1)]).await;
+        server.wait_until(|now| now.products_in_flight == 2).await;
+        // The merge cannot commit while this test holds its lock. The client half-closes,
+        // and the server checks and merges; then the client goes away, and the server sees
+        // it go.
+        let lock = server.hold_merge_lock(STORE).await;
+        let OpenSync { messages, answer } = open;
+        drop(messages);
+        server.wait_until(|now| now.syncs_merging == 1).await;
+        answer.abort();
+        server.wait_until(|now| now.syncs_awaited == 0).await;
+        drop(lock);
+        server.wait_until(|now| now.syncs_in_flight == 0).await;
+
+        assert_eq!(list(&mut client, STORE).await, before, "nothing of the cancelled sync is visible");
+        let runs = client
+            .list_sync_runs(pb::ListSyncRunsRequest { store_id: STORE, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        assert_eq!(runs[0].outcome, pb::SyncOutcome::Aborted as i32, "{:?}", runs[0]);
     }
 
     async fn a_sync_in_flight_at_shutdown_completes_before_the_server_stops(server) {
@@ -43,7 +72,7 @@ backend_tests! {
             .send(pb::SyncRequest { header: Some(header(STORE)), products: vec![stocked("a", 1)] })
             .await
             .unwrap();
-        server.activity.wait_until(|now| now.products_in_flight >= 1).await;
+        server.wait_until(|now| now.products_in_flight >= 1).await;
 
         server.begin_shutdown();
         messages
@@ -125,10 +154,7 @@ async fn sync_overtaken_during_its_upload(server: &TestServer) -> pb::SyncRespon
         .await
         .unwrap();
     // The worker takes the second batch only once the first is staged.
-    server
-        .activity
-        .wait_until(|now| now.products_in_flight >= 3)
-        .await;
+    server.wait_until(|now| now.products_in_flight >= 3).await;
 
     let meanwhile = vec![stocked("a", 7), stocked("b", 7)];
     let other = sync(&mut client, header(STORE), meanwhile).await.unwrap();

@@ -61,6 +61,18 @@ async fn list_code(server: &TestServer, token: Option<&str>, store_id: i64) -> C
     }
 }
 
+async fn runs_code(server: &TestServer, token: Option<&str>, store_id: i64) -> Code {
+    let mut client = server.client().await;
+    let request = pb::ListSyncRunsRequest {
+        store_id,
+        ..Default::default()
+    };
+    match client.list_sync_runs(bearer(request, token)).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
 async fn queue_code(server: &TestServer, token: Option<&str>) -> Code {
     let mut queue = MatchQueueClient::new(server.channel().await);
     match queue
@@ -87,6 +99,7 @@ backend_tests! {
             assert_eq!(sync_code(&server, token, 1).await, Code::Unauthenticated, "{token:?}");
             assert_eq!(get_code(&server, token, 1).await, Code::Unauthenticated, "{token:?}");
             assert_eq!(list_code(&server, token, 1).await, Code::Unauthenticated, "{token:?}");
+            assert_eq!(runs_code(&server, token, 1).await, Code::Unauthenticated, "{token:?}");
             assert_eq!(queue_code(&server, token).await, Code::Unauthenticated, "{token:?}");
         }
         assert_eq!(sync_code(&server, Some(&valid), 1).await, Code::Ok);
@@ -98,10 +111,12 @@ backend_tests! {
         assert_eq!(sync_code(&server, Some(&store), 11).await, Code::Ok);
         assert_eq!(get_code(&server, Some(&store), 10).await, Code::Ok);
         assert_eq!(list_code(&server, Some(&store), 11).await, Code::Ok);
+        assert_eq!(runs_code(&server, Some(&store), 10).await, Code::Ok);
 
         assert_eq!(sync_code(&server, Some(&store), 12).await, Code::PermissionDenied);
         assert_eq!(get_code(&server, Some(&store), 12).await, Code::PermissionDenied);
         assert_eq!(list_code(&server, Some(&store), 12).await, Code::PermissionDenied);
+        assert_eq!(runs_code(&server, Some(&store), 12).await, Code::PermissionDenied, "another store's history");
         assert_eq!(queue_code(&server, Some(&store)).await, Code::PermissionDenied);
 
         let mut client = server.client().await;
@@ -119,6 +134,7 @@ backend_tests! {
         assert_eq!(queue_code(&server, Some(&matcher)).await, Code::Ok);
         assert_eq!(get_code(&server, Some(&matcher), 99).await, Code::NotFound, "read allowed");
         assert_eq!(list_code(&server, Some(&matcher), 98).await, Code::Ok);
+        assert_eq!(runs_code(&server, Some(&matcher), 98).await, Code::Ok);
         assert_eq!(sync_code(&server, Some(&matcher), 97).await, Code::PermissionDenied);
 
         let admin = token(&server, Role::Admin).await;

@@ -120,10 +120,7 @@ async fn a_store_over_its_sync_limit_is_refused_at_once_while_other_stores_sync(
         let mut client = server.client().await;
         let first = open_sync(&client, header(STORE), vec![stocked("a", 1)]).await;
         let second = open_sync(&client, header(STORE), vec![stocked("b", 1)]).await;
-        server
-            .activity
-            .wait_until(|now| now.syncs_in_flight == 2)
-            .await;
+        server.wait_until(|now| now.syncs_in_flight == 2).await;
 
         let refused = sync(&mut client, header(STORE), vec![stocked("c", 1)])
             .await
@@ -171,10 +168,7 @@ async fn a_token_over_its_sync_limit_is_refused_while_other_tokens_sync() {
         let mut busy_client = server.client_as(&busy).await;
         let first = open_sync(&busy_client, header(STORE), vec![stocked("a", 1)]).await;
         let second = open_sync(&busy_client, header(STORE + 1), vec![stocked("a", 1)]).await;
-        server
-            .activity
-            .wait_until(|now| now.syncs_in_flight == 2)
-            .await;
+        server.wait_until(|now| now.syncs_in_flight == 2).await;
 
         let third = messages(header(STORE + 2), vec![stocked("a", 1)], 10);
         let refused = busy_client
@@ -222,7 +216,6 @@ async fn with_every_sync_slot_held_by_an_idle_stream_reads_still_answer() {
             );
         }
         server
-            .activity
             .wait_until(|now| now.syncs_in_flight == SLOTS as u64)
             .await;
 
@@ -290,10 +283,7 @@ async fn reads_answer_while_another_stores_big_merge_runs() {
             .collect();
         let big = messages(header(STORE + 1), big, 1_000);
         let merge = tokio::spawn(async move { writer.sync(tokio_stream::iter(big)).await });
-        server
-            .activity
-            .wait_until(|now| now.syncs_merging == 1)
-            .await;
+        server.wait_until(|now| now.syncs_merging == 1).await;
 
         // Reads issued while the merge runs must come back while it still runs: none may
         // wait for the merge's write (on SQLite, any write waits for it).
@@ -338,10 +328,7 @@ async fn a_sync_whose_token_is_revoked_during_its_upload_commits_nothing() {
         let id: i64 = token.split('_').nth(1).unwrap().parse().unwrap();
         let client = server.client_as(&token).await;
         let open = open_sync(&client, header(STORE), vec![stocked("a", 1)]).await;
-        server
-            .activity
-            .wait_until(|now| now.products_in_flight == 1)
-            .await;
+        server.wait_until(|now| now.products_in_flight == 1).await;
 
         assert!(
             inventory_sync::auth::revoke_token(&server.database, id)

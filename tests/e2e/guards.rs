@@ -49,6 +49,30 @@ backend_tests! {
         assert_eq!(all.cleared, 10);
     }
 
+    async fn a_clear_of_exactly_the_allowed_fraction_goes_through(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), stocked_products("p", 30)).await.unwrap();
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        // 15 of 30 is the limit itself (0.5), and more than the 10 the guard ignores.
+        let response = sync(&mut client, clear, stocked_products("p", 15)).await.unwrap();
+        assert_eq!(response.cleared, 15);
+    }
+
+    async fn the_mass_clear_guard_counts_only_products_in_stock(server) {
+        let mut client = server.client().await;
+        let mut products = stocked_products("p", 20);
+        products.extend((0..10).map(|n| stocked(&format!("gone{n}"), 0)));
+        sync(&mut client, header(STORE), products).await.unwrap();
+        let before = list(&mut client, STORE).await;
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        // Listing 8 clears 12 of the 20 in stock: more than half of those, although less
+        // than half of all 30 products.
+        let status = sync(&mut client, clear, stocked_products("p", 8)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("12") && status.message().contains("20"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
+
     async fn a_small_store_may_be_cleared_whole(server) {
         let mut client = server.client().await;
         sync(&mut client, header(STORE), stocked_products("p", 10)).await.unwrap();
@@ -67,7 +91,7 @@ backend_tests! {
             let products = stocked_products(&format!("b{batch}-"), 1000);
             messages.send(pb::SyncRequest { header: None, products }).await.unwrap();
         }
-        server.activity.wait_until(|now| now.products_in_flight >= 20_000).await;
+        server.wait_until(|now| now.products_in_flight >= 20_000).await;
 
         let mut health = HealthClient::new(server.channel().await);
         let check = health.check(HealthCheckRequest { service: String::new() }).await;
@@ -235,10 +259,7 @@ mod limits {
                 })
                 .await
                 .unwrap();
-            server
-                .activity
-                .wait_until(|now| now.syncs_in_flight == 1)
-                .await;
+            server.wait_until(|now| now.syncs_in_flight == 1).await;
 
             let status = sync(&mut client, header(STORE + 1), vec![stocked("b", 1)])
                 .await

@@ -69,9 +69,9 @@ backend_tests! {
         let mut call_client = client.clone();
         let call = tokio::spawn(async move { call_client.sync(ReceiverStream::new(stream)).await });
         messages.send(pb::SyncRequest { header: Some(header(STORE)), products: vec![stocked("d", 1)] }).await.unwrap();
-        server.activity.wait_until(|now| now.products_in_flight >= 1).await;
+        server.wait_until(|now| now.products_in_flight >= 1).await;
         call.abort();
-        server.activity.wait_until(|now| now.syncs_in_flight == 0).await;
+        server.wait_until(|now| now.syncs_in_flight == 0).await;
 
         let runs = all_runs(&mut client).await;
         let outcomes: Vec<_> = runs.iter().map(outcome).collect();
@@ -140,12 +140,23 @@ backend_tests! {
 
     async fn an_idempotency_key_reused_for_other_content_is_refused(server) {
         let mut client = server.client().await;
-        sync(&mut client, keyed("k"), vec![stocked("a", 1)]).await.unwrap();
+        let products = vec![coded("a", &["111"], 1)];
+        sync(&mut client, keyed("k"), products.clone()).await.unwrap();
         let before = list(&mut client, STORE).await;
-        for header in [keyed("k"), pb::SyncHeader { clear: true, ..keyed("k") }] {
-            let products = if header.clear { vec![stocked("a", 1)] } else { vec![stocked("a", 9)] };
-            let status = sync(&mut client, header, products).await.unwrap_err();
-            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        // Other products, or the same products under any other header option.
+        let mut retries = vec![(keyed("k"), vec![coded("a", &["111"], 9)])];
+        let options = [
+            pb::SyncHeader { clear: true, ..keyed("k") },
+            pb::SyncHeader { skip_invalid: true, ..keyed("k") },
+            pb::SyncHeader { allow_mass_clear: true, ..keyed("k") },
+            pb::SyncHeader { expected_count: Some(1), ..keyed("k") },
+            pb::SyncHeader { key: pb::KeyField::Barcode as i32, ..keyed("k") },
+            pb::SyncHeader { dry_run: true, ..keyed("k") },
+        ];
+        retries.extend(options.into_iter().map(|header| (header, products.clone())));
+        for (header, products) in retries {
+            let status = sync(&mut client, header.clone(), products).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{header:?}: {status:?}");
             assert!(status.message().contains("\"k\""), "{}", status.message());
         }
         assert_eq!(list(&mut client, STORE).await, before);

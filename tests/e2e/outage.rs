@@ -153,10 +153,7 @@ async fn a_server_cut_off_from_postgresql_answers_unavailable_and_recovers() {
         })
         .await
         .unwrap();
-    server
-        .activity
-        .wait_until(|now| now.products_in_flight >= 1)
-        .await;
+    server.wait_until(|now| now.products_in_flight >= 1).await;
     proxy.cut();
     for batch in 0..20 {
         let products = (0..500)

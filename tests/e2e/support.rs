@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use inventory_sync::activity::Activity;
+use inventory_sync::activity::{Activity, ActivitySnapshot};
 use inventory_sync::auth::Authenticator;
 use inventory_sync::pb;
 use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
@@ -68,12 +68,23 @@ impl Default for Config {
     }
 }
 
+/// A test's connection holding what a merge must lock; rolled back when dropped.
+pub enum MergeLockHolder {
+    Sqlite { _connection: sqlx::SqliteConnection },
+    Postgres { _connection: sqlx::PgConnection },
+}
+
+/// How long a test waits for the server to reach a state before it fails.
+const ACTIVITY_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A running server and the database it owns; both go away when it is dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub activity: Activity,
     /// The server's database, for setting up what clients cannot (tokens).
     pub database: Database,
+    /// Where that database is, for a test's own connection to it.
+    pub url: DatabaseUrl,
     shutdown: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), server::ServeError>>>,
     _sqlite_dir: Option<tempfile::TempDir>,
@@ -165,6 +176,7 @@ impl TestServer {
             addr,
             activity,
             database,
+            url,
             shutdown: Some(shutdown),
             serving: Some(serving),
             _sqlite_dir: sqlite_dir,
@@ -186,6 +198,49 @@ impl TestServer {
 
     pub async fn client(&self) -> InventorySyncClient<Channel> {
         InventorySyncClient::new(self.channel().await)
+    }
+
+    /// Waits until the server's activity satisfies `condition`; a minute without it fails
+    /// the test that waits, naming what the server was doing.
+    pub async fn wait_until(&self, condition: impl FnMut(&ActivitySnapshot) -> bool) {
+        if let Err(last) = self.activity.wait_until(ACTIVITY_DEADLINE, condition).await {
+            panic!(
+                "the server's activity never reached the awaited state in {ACTIVITY_DEADLINE:?}; last seen: {last:?}"
+            );
+        }
+    }
+
+    /// Holds the lock a merge of `store_id` needs until the holder is dropped: on SQLite the
+    /// database's write lock, on PostgreSQL the store's row. The store must have synced once.
+    pub async fn hold_merge_lock(&self, store_id: i64) -> MergeLockHolder {
+        match &self.url {
+            DatabaseUrl::Sqlite(url) => {
+                let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+                MergeLockHolder::Sqlite {
+                    _connection: connection,
+                }
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+                let locked = sqlx::query("SELECT id FROM stores WHERE id = $1 FOR UPDATE")
+                    .bind(store_id)
+                    .fetch_optional(&mut connection)
+                    .await
+                    .unwrap();
+                assert!(locked.is_some(), "store {store_id} has no row to lock yet");
+                MergeLockHolder::Postgres {
+                    _connection: connection,
+                }
+            }
+        }
     }
 
     /// Starts a graceful shutdown; `stopped` waits for it to complete.
@@ -486,10 +541,7 @@ pub async fn assert_nothing_committed(
     client: &mut InventorySyncClient<Channel>,
     store_id: i64,
 ) {
-    server
-        .activity
-        .wait_until(|now| now.syncs_in_flight == 0)
-        .await;
+    server.wait_until(|now| now.syncs_in_flight == 0).await;
     assert!(
         list(client, store_id).await.is_empty(),
         "nothing was committed"
