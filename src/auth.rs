@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::store::{Database, NewToken, StoreError, TokenRecord};
-use crate::sync::now_micros;
+use crate::clock::now_micros;
 
 const TOKEN_PREFIX: &str = "isk_";
 const SECRET_BYTES: usize = 32;

@@ -13,7 +13,8 @@ use crate::auth::Principal;
 use crate::pb;
 use crate::quote::quoted;
 use crate::store::{CatalogItemFields, Claimant, Database, ProductRecord, StoreError};
-use crate::sync::{FieldError, MAX_NAME_CHARS, Violation, Violations, check_text, now_micros};
+use crate::clock::now_micros;
+use crate::sync::{FieldError, MAX_NAME_CHARS, Violation, Violations, check_text};
 
 /// Longest catalog producer name, in characters.
 pub const MAX_PRODUCER_CHARS: usize = 256;

@@ -2,7 +2,7 @@
 //! it reports, and the steps themselves. The steps are macros because sqlx gives the two
 //! backends' connections no common executor type; each backend expands them once.
 
-use crate::sync::SyncKey;
+use crate::product::SyncKey;
 
 /// A problem of a batch that only shows across products (as opposed to a bad field).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,7 +254,7 @@ macro_rules! merge_into_locked_store {
         use $crate::store::merge::StoredConflictRows;
         use $crate::store::sql;
         use $crate::store::{MergeCounts, MergeOutcome, sql_limit};
-        use $crate::sync::SyncKey;
+        use $crate::product::SyncKey;
 
         let store_id = $request.store_id;
         let limit = sql_limit($request.max_conflicts);
@@ -495,7 +495,7 @@ macro_rules! merge_into_locked_store {
             let unchanged = run.received.saturating_sub(created + updated + rejected);
             sqlx::query(sql::COMMIT_SYNC_RUN)
                 .bind(&run.sync_id)
-                .bind($crate::sync::now_micros())
+                .bind($crate::clock::now_micros())
                 .bind(run.received as i64)
                 .bind(created as i64)
                 .bind(updated as i64)
@@ -546,13 +546,13 @@ macro_rules! staging_common {
         pub(super) async fn open(
             pool: &sqlx::Pool<$database>,
             store_id: i64,
-            key: $crate::sync::SyncKey,
+            key: $crate::product::SyncKey,
         ) -> Result<Self, $crate::store::StoreError> {
             let mut connection = pool.acquire().await?;
             sqlx::raw_sql($statements.create_staging.as_str())
                 .execute(&mut *connection)
                 .await?;
-            let target = if key == $crate::sync::SyncKey::ExternalId {
+            let target = if key == $crate::product::SyncKey::ExternalId {
                 // Read before the first lookup, so that a sync committing after it shows.
                 let (generation, has_products): (i64, bool) =
                     sqlx::query_as($crate::store::sql::STAGING_START)

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use futures::Stream;
 use sqlx::{PgPool, SqlitePool};
 
-use crate::sync::{ProductChange, StagedProduct, SyncKey};
+use crate::product::{ProductChange, SyncKey};
 
 /// Longest status message a sync's history keeps, in bytes: a page of the history must
 /// stay readable by a client with default message limits.
@@ -140,6 +140,15 @@ pub enum Database {
     /// database in memory, which only the pool's connections share).
     Sqlite(SqlitePool, Option<Arc<PointReads>>),
     Postgres(PgPool),
+}
+
+/// A validated product to stage, and its position in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedProduct {
+    pub index: u64,
+    pub change: ProductChange,
+    /// Rejected with skip_invalid: only its key is staged, so that it counts as listed.
+    pub skipped: bool,
 }
 
 /// How a single product is looked up.

@@ -18,7 +18,7 @@ use super::{
     BatchConflict, MergeOutcome, MergeRequest, PoolSettings, StagingTarget, StoreError,
     staged_barcodes,
 };
-use crate::sync::StagedProduct;
+use super::StagedProduct;
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long staging waits for a connection to look up a batch's stored products.

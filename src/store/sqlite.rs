@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::sql::{self, SQLITE};
 use super::{BatchConflict, MergeOutcome, MergeRequest, PoolSettings, StagingTarget, StoreError};
-use crate::sync::{Barcodes, Price, StagedProduct};
+use super::StagedProduct;
+use crate::product::{Barcodes, Price};
 
 /// How long a writer waits for another writer's merge before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 
-use crate::sync::{ProductChange, StagedProduct};
+use super::StagedProduct;
+use crate::product::ProductChange;
 
 /// The fields of a stored product that a sync compares and may change.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -104,7 +105,7 @@ pub(super) fn external_ids(products: &[StagedProduct]) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::{Barcodes, Category, Price};
+    use crate::product::{Barcodes, Category, Price};
 
     fn stored() -> StoredFields {
         StoredFields {

@@ -4,23 +4,22 @@
 //! turn them into validated types.
 
 mod admission;
-mod product;
 mod session;
 mod violation;
 
 pub use admission::Admission;
-pub(crate) use product::check_text;
-pub use product::{
+pub(crate) use crate::product::check_text;
+pub use crate::product::{
     Barcodes, Category, FieldError, FieldLimits, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS,
     MAX_PRICE_DECIMALS, Price, ProductChange, SyncKey,
 };
-pub(crate) use session::now_micros;
 pub use session::{Sender, SyncEngine, SyncSession, reap_silent_runs};
 pub use violation::{Violation, Violations};
 
 use std::time::Duration;
 
 use crate::pb;
+pub use crate::store::StagedProduct;
 use crate::store::{RunCounts, StoreError};
 
 /// Bounds on what syncs may carry and do.
@@ -141,15 +140,6 @@ impl TryFrom<pb::SyncHeader> for SyncOptions {
             idempotency_key,
         })
     }
-}
-
-/// A validated product and its position in the stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StagedProduct {
-    pub index: u64,
-    pub change: ProductChange,
-    /// Rejected with skip_invalid: only its key is staged, so that it counts as listed.
-    pub skipped: bool,
 }
 
 /// What a sync did. `created + updated + unchanged + rejected == received`; `linked`

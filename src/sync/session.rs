@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -28,6 +28,7 @@ use crate::activity::Activity;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::quote::{shortened, truncate_bytes};
+use crate::clock::now_micros;
 use crate::store::{
     BatchConflict, Database, IdempotencyCheck, MergeOutcome, MergeRequest, MergeRun, NewSyncRun,
     RunEnding, RunOutcome, Staging, SyncRunRecord,
@@ -921,10 +922,3 @@ fn outcome_label(outcome: RunOutcome) -> &'static str {
     }
 }
 
-/// Microseconds since the Unix epoch.
-pub(crate) fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_micros() as i64)
-        .unwrap_or_default()
-}

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::product::FieldError;
+use crate::product::FieldError;
 use crate::quote::quoted;
 use crate::store::BatchConflict;
 
