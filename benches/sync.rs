@@ -250,10 +250,7 @@ async fn database_limit(url: &str, count: usize) -> Measured {
     let parsed: DatabaseUrl = url.parse().unwrap();
     // The service's schema, so that the same indexes are maintained.
     let database = Database::connect(&parsed).await.expect("migrate");
-    let sqlite_file = match &database {
-        Database::Sqlite(pool, _) => Some(pool.connect_options().get_filename().to_owned()),
-        Database::Postgres(_) => None,
-    };
+    let sqlite_file = database.sqlite_path();
     database.close().await;
     let rows: Vec<pb::ProductUpdate> = (0..count).map(|n| product(n, 0)).collect();
     let started = Instant::now();

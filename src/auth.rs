@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::store::{Database, NewToken, StoreError, TokenRecord};
 use crate::clock::now_micros;
+use crate::store::{Database, NewToken, StoreError, TokenRecord};
 
 const TOKEN_PREFIX: &str = "isk_";
 const SECRET_BYTES: usize = 32;

@@ -10,10 +10,10 @@
 use std::time::Duration;
 
 use crate::auth::Principal;
+use crate::clock::now_micros;
 use crate::pb;
 use crate::quote::quoted;
 use crate::store::{CatalogItemFields, Claimant, Database, ProductRecord, StoreError};
-use crate::clock::now_micros;
 use crate::sync::{FieldError, MAX_NAME_CHARS, Violation, Violations, check_text};
 
 /// Longest catalog producer name, in characters.

@@ -176,7 +176,11 @@ pub async fn run(
     ));
     // Runs of syncs whose server stopped are recorded as aborted by the servers still up
     // (a restarted one included).
-    let reaper = tokio::spawn(reap_silent_runs(syncs.clone(), state.limits.heartbeat));
+    let reaper = tokio::spawn(reap_silent_runs(
+        syncs.clone(),
+        state.limits.heartbeat,
+        crate::grpc::describe_sync_error,
+    ));
     let token_uses = tokio::spawn(state.auth.clone().record_uses_periodically());
     let served = builder
         .add_service(health)

@@ -55,6 +55,8 @@ fn sync_error_code(error: &SyncError) -> Code {
         SyncError::Abandoned => Code::Cancelled,
         SyncError::Idle(_) | SyncError::TooLong(_) => Code::DeadlineExceeded,
         SyncError::Store(error) if error.is_unavailable() => Code::Unavailable,
+        // Its client saw the connection break.
+        SyncError::ServerStopped => Code::Unavailable,
         SyncError::Store(_) | SyncError::Worker(_) => Code::Internal,
     }
 }

@@ -5,8 +5,8 @@
 //! each product with the id it resolves to and whether it would change anything. The merge
 //! then leaves the unchanged ones out of every check and write, instead of joining a whole
 //! store's rows to find that nothing differs. SQLite compares in the staging INSERT itself
-//! (`sql::Dialect::differs`); PostgreSQL stages through `COPY`, which cannot join, so the
-//! comparison below runs on the rows a lookup returns.
+//! (`sqlite::sql::differs`, checked against the rule below by a test); PostgreSQL stages
+//! through `COPY`, which cannot join, so the rule below runs on the rows a lookup returns.
 //!
 //! The marks hold only while no other sync writes to the store. Staging reads the store's
 //! `sync_generation` before its first lookup; the merge reads it again under the store's
@@ -16,7 +16,50 @@
 use std::collections::HashMap;
 
 use super::StagedProduct;
-use crate::product::ProductChange;
+use crate::product::{ProductChange, SyncKey};
+
+/// The store a staging area stages for, and what it resolves while staging.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StagingTarget {
+    pub store_id: i64,
+    /// For an external-id sync: the store's sync generation when the upload began, as of
+    /// which staged products are resolved and marked unchanged.
+    pub resolved_at: Option<i64>,
+    /// Look up each batch's stored products: an external-id sync of a store that has any.
+    pub look_up: bool,
+}
+
+impl StagingTarget {
+    /// What a sync keyed by `key` resolves while it stages, given the store's sync
+    /// generation and whether it has products when the upload begins.
+    pub fn new(store_id: i64, key: SyncKey, generation: i64, has_products: bool) -> Self {
+        match key {
+            SyncKey::ExternalId => StagingTarget {
+                store_id,
+                resolved_at: Some(generation),
+                look_up: has_products,
+            },
+            SyncKey::Barcode => StagingTarget {
+                store_id,
+                resolved_at: None,
+                look_up: false,
+            },
+        }
+    }
+
+    /// Whether every staged product is new to the store: an external-id sync of a store
+    /// that had no products when the upload began, and no sync has written to it since
+    /// (only syncs create products, and a sync that writes advances the generation).
+    pub fn stages_only_new_products(&self, generation: i64) -> bool {
+        !self.look_up && self.resolved_at == Some(generation)
+    }
+
+    /// Whether the marks made while staging still hold under the store's lock, at
+    /// `generation`: no other sync wrote to the store during the upload.
+    pub fn marks_hold(&self, generation: i64) -> bool {
+        self.resolved_at == Some(generation)
+    }
+}
 
 /// The fields of a stored product that a sync compares and may change.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]

@@ -7,12 +7,12 @@ mod admission;
 mod session;
 mod violation;
 
-pub use admission::Admission;
 pub(crate) use crate::product::check_text;
 pub use crate::product::{
     Barcodes, Category, FieldError, FieldLimits, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS,
     MAX_PRICE_DECIMALS, Price, ProductChange, SyncKey,
 };
+pub use admission::Admission;
 pub use session::{Sender, SyncEngine, SyncSession, reap_silent_runs};
 pub use violation::{Violation, Violations};
 
@@ -230,6 +230,10 @@ pub enum SyncError {
         crate::quote::quoted(key)
     )]
     IdempotencyKeyReused { key: String, run_id: String },
+    /// The server that ran the sync stopped before it ended (seen by another server, or by
+    /// this one after a restart, when its heartbeats stopped).
+    #[error("the server stopped during the sync; nothing was committed")]
+    ServerStopped,
     /// The sync carries more products than the server accepts.
     #[error("a sync may carry at most {limit} products; nothing was committed")]
     TooManyProducts { limit: u64 },

@@ -25,10 +25,10 @@ use super::{
     SyncError, SyncLimits, SyncOptions, SyncSummary, Violation, Violations,
 };
 use crate::activity::Activity;
+use crate::clock::now_micros;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::quote::{shortened, truncate_bytes};
-use crate::clock::now_micros;
 use crate::store::{
     BatchConflict, Database, IdempotencyCheck, MergeOutcome, MergeRequest, MergeRun, NewSyncRun,
     RunEnding, RunOutcome, Staging, SyncRunRecord,
@@ -612,7 +612,7 @@ impl SyncSession {
 
 /// The database side of one sync; runs as a task of its own.
 struct Worker {
-    staging: Staging,
+    staging: Box<dyn Staging>,
     queue: mpsc::Receiver<Command>,
     options: SyncOptions,
     limits: SyncLimits,
@@ -706,12 +706,11 @@ impl Worker {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         });
-        self.staging.stage_all(batches).await?;
+        self.staging.stage_all(Box::pin(batches)).await?;
         match finish {
             Some((received, violations, rejections, request_hash)) => {
                 info!(received, "upload complete; checking and merging");
                 self.in_flight.merging();
-                self.staging.prepare_merge().await?;
                 self.merge(received, violations, rejections, request_hash)
                     .await
             }
@@ -732,12 +731,8 @@ impl Worker {
             return Err(SyncError::CountMismatch { expected, received });
         }
         // A batch that is failing anyway reports its repeats along with its other errors,
-        // and skip_invalid must know what to skip; otherwise the merge may find repeats
-        // more cheaply (see `MergeRequest::batch_checked`).
-        let batch_checked = self.options.skip_invalid || !violations.is_empty();
-        if batch_checked {
-            self.staging.prepare_checks().await?;
-        }
+        // and skip_invalid must know what to skip; otherwise the merge checks for repeats
+        // only when it needs to.
         if self.options.skip_invalid {
             for conflict in self.staging.skip_batch_conflicts().await? {
                 rejections.conflict(conflict);
@@ -752,7 +747,7 @@ impl Worker {
             return Err(SyncError::Invalid(violations));
         }
 
-        let mut request = MergeRequest {
+        let request = MergeRequest {
             store_id: self.options.store_id,
             key: self.options.key,
             clear: self.options.clear,
@@ -780,24 +775,11 @@ impl Worker {
                             .unwrap_or(i64::MAX),
                     ),
                 }),
-            batch_checked,
         };
         self.check_sender_still_authorized().await?;
         let queue = &self.queue;
-        let mut outcome = self.staging.merge(&request, || queue.is_closed()).await?;
-        if outcome == MergeOutcome::BatchUnchecked {
-            self.staging.prepare_checks().await?;
-            for conflict in self.staging.batch_conflicts(violations.room()).await? {
-                violations.push(conflict.into());
-            }
-            if !violations.is_empty() {
-                violations.sort();
-                return Err(SyncError::Invalid(violations));
-            }
-            request.batch_checked = true;
-            outcome = self.staging.merge(&request, || queue.is_closed()).await?;
-        }
-        match outcome {
+        let abandoned = || queue.is_closed();
+        match self.staging.merge(&request, &abandoned).await? {
             MergeOutcome::Applied { counts, skipped } => {
                 for conflict in skipped {
                     rejections.conflict(conflict);
@@ -842,9 +824,6 @@ impl Worker {
                 key: self.options.idempotency_key.clone().unwrap_or_default(),
                 run_id,
             }),
-            MergeOutcome::BatchUnchecked => Err(SyncError::Worker(
-                "the merge asked for the batch's checks after they ran".to_owned(),
-            )),
             MergeOutcome::MassClear {
                 would_clear,
                 in_stock,
@@ -892,16 +871,29 @@ async fn keep_alive(database: Database, sync_id: String, interval: std::time::Du
 }
 
 /// Records, every `interval`, the runs of syncs whose server stopped (their heartbeats
-/// stopped) as aborted. Every server does it; the UPDATE is idempotent.
-pub async fn reap_silent_runs(database: Database, interval: std::time::Duration) {
+/// stopped) as aborted, with the status `describe` gives [`SyncError::ServerStopped`].
+/// Every server does it; the UPDATE is idempotent.
+pub async fn reap_silent_runs(
+    database: Database,
+    interval: std::time::Duration,
+    describe: DescribeError,
+) {
     let silence = interval * super::SILENT_HEARTBEATS;
     let mut ticks = tokio::time::interval(interval);
+    let (status_code, status_message) = describe(&SyncError::ServerStopped);
     loop {
         ticks.tick().await;
         let now = now_micros();
         let silent_since =
             now.saturating_sub(i64::try_from(silence.as_micros()).unwrap_or(i64::MAX));
-        match database.abort_silent_sync_runs(silent_since, now).await {
+        let ending = RunEnding {
+            finished_at: now,
+            outcome: Some(RunOutcome::Aborted),
+            status_code,
+            status_message: status_message.clone(),
+            ..RunEnding::default()
+        };
+        match database.end_silent_sync_runs(silent_since, &ending).await {
             Ok(0) => {}
             Ok(aborted) => info!(aborted, "recorded syncs of a stopped server as aborted"),
             Err(error) => warn!(%error, "could not look for syncs of stopped servers"),
@@ -921,4 +913,3 @@ fn outcome_label(outcome: RunOutcome) -> &'static str {
         RunOutcome::Replayed => "replayed",
     }
 }
-

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use rusqlite::{OpenFlags, OptionalExtension, Row};
 
-use super::sql::SQLITE;
-use super::{ProductKey, ProductRecord};
+use super::sql;
+use crate::store::{ProductKey, ProductRecord};
 
 /// The longest a point read waits for a lock before giving up to the pooled path.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(20);
@@ -23,7 +23,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(20);
 /// Read-only connections to one SQLite file, opened on demand: at most one per thread that
 /// reads at once, since a read holds its connection only while it runs.
 #[derive(Debug)]
-pub struct PointReads {
+pub(super) struct PointReads {
     path: PathBuf,
     idle: Mutex<Vec<rusqlite::Connection>>,
 }
@@ -44,9 +44,9 @@ impl PointReads {
     ) -> Result<Option<ProductRecord>, rusqlite::Error> {
         let (statement, value) = match key {
             ProductKey::ExternalId(external_id) => {
-                (SQLITE.select_product_by_external_id.as_str(), external_id)
+                (sql::SELECT_PRODUCT_BY_EXTERNAL_ID, external_id)
             }
-            ProductKey::Barcode(barcode) => (SQLITE.select_product_by_barcode.as_str(), barcode),
+            ProductKey::Barcode(barcode) => (sql::SELECT_PRODUCT_BY_BARCODE, barcode),
         };
         let connection = match self.lock().pop() {
             Some(connection) => connection,
