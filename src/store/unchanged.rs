@@ -63,7 +63,7 @@ impl StagingTarget {
 
 /// The fields of a stored product that a sync compares and may change.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub(super) struct StoredFields {
+pub(in crate::store) struct StoredFields {
     pub id: i64,
     pub external_id: Option<String>,
     /// Sorted barcodes joined by single spaces, as staged.
@@ -89,7 +89,7 @@ pub(super) struct StoredMatch {
 /// Whether writing `change` over `stored` changes nothing. This is the negation of the
 /// merge's test for a changed row (`update_changed_products`): a field the POS leaves out
 /// changes nothing, and a sent field changes the row when it differs from the stored one.
-pub(super) fn is_unchanged(change: &ProductChange, stored: &StoredFields) -> bool {
+pub(in crate::store) fn is_unchanged(change: &ProductChange, stored: &StoredFields) -> bool {
     fn same<T: PartialEq>(sent: Option<T>, stored: Option<T>) -> bool {
         sent.is_none() || sent == stored
     }

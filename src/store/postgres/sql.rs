@@ -1,4 +1,6 @@
 //! Every SQL statement of the PostgreSQL backend.
+//! (Over 500 lines for a reason: every statement of the backend stands in this one file, in
+//! the order a sync runs them, so that one file shows all this backend asks of its database.)
 //!
 //! A sync streams its products with `COPY` into two temporary tables of its own connection
 //! (`staged_products`, `staged_barcodes`) and merges them into the live tables in one

@@ -9,15 +9,14 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
+use super::merge::skip_staged_product;
 use super::sql;
 use crate::product::{Barcodes, Price, SyncKey};
-use crate::store::merge::{
-    Attempt, SKIP_ROUND, StoredConflictRows, batch_conflicts_from_rows, one_per_product,
-};
+use crate::store::merge::{Attempt, SKIP_ROUND, batch_conflicts_from_rows, one_per_product};
 use crate::store::unchanged::StagingTarget;
 use crate::store::{
-    BatchConflict, During, MergeCounts, MergeOutcome, MergeRequest, StagedProduct, Staging,
-    StoreError, sql_limit,
+    BatchConflict, During, MergeOutcome, MergeRequest, StagedProduct, Staging, StoreError,
+    sql_limit,
 };
 
 /// Products per INSERT while staging: a usual message's worth. 13 parameters each stays far
@@ -76,10 +75,10 @@ impl Drop for HeapShare {
 /// The staging area of one sync on SQLite. Lookups share the staging connection: reading
 /// the live file next to the temporary one costs no lock that matters in WAL mode.
 pub(super) struct SqliteStaging {
-    connection: PoolConnection<Sqlite>,
-    target: StagingTarget,
+    pub(super) connection: PoolConnection<Sqlite>,
+    pub(super) target: StagingTarget,
     /// Whether the batch was checked for repeats of an external id or a barcode.
-    checked: bool,
+    pub(super) checked: bool,
     _heap: HeapShare,
 }
 
@@ -137,286 +136,6 @@ impl SqliteStaging {
         self.checked = true;
         Ok(batch_conflicts_from_rows(duplicates, shared, limit))
     }
-
-    /// One attempt at the merge transaction.
-    async fn attempt(
-        &mut self,
-        request: &MergeRequest,
-        abandoned: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<Attempt, sqlx::Error> {
-        let store_id = request.store_id;
-        let by_barcode = request.key == SyncKey::Barcode;
-        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
-        // could fail to upgrade its lock instead of waiting for another writer.
-        let mut tx = self.connection.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(sql::ENSURE_STORE)
-            .bind(store_id)
-            .bind(request.now)
-            .execute(&mut *tx)
-            .await?;
-        let generation: i64 = sqlx::query_scalar(sql::SYNC_GENERATION)
-            .bind(store_id)
-            .fetch_one(&mut *tx)
-            .await?;
-
-        // Under the write lock, so a retry waits for the attempt in flight and then sees
-        // its key.
-        if let Some(check) = &request.idempotency {
-            sqlx::query(sql::FORGET_EXPIRED_IDEMPOTENCY_KEY)
-                .bind(store_id)
-                .bind(&check.key)
-                .bind(check.not_before)
-                .execute(&mut *tx)
-                .await?;
-            let earlier: Option<(String, Option<String>)> =
-                sqlx::query_as(sql::COMMITTED_RUN_OF_IDEMPOTENCY_KEY)
-                    .bind(store_id)
-                    .bind(&check.key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some((run_id, request_hash)) = earlier {
-                tx.rollback().await?;
-                let same = request_hash.as_deref() == Some(check.request_hash.as_str());
-                return Ok(Attempt::Finished(if same {
-                    MergeOutcome::Replay { run_id }
-                } else {
-                    MergeOutcome::KeyReused { run_id }
-                }));
-            }
-        }
-
-        if by_barcode {
-            sqlx::query(sql::RESOLVE_BY_BARCODES)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        } else if !self.target.marks_hold(generation) {
-            // Another sync wrote to the store during the upload: what staging saw may be
-            // stale (products created since, marks no longer true).
-            sqlx::query(sql::SPLIT_BARCODES_OF_UNCHANGED.as_str())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::FORGET_UNCHANGED).execute(&mut *tx).await?;
-            sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Then no staged product matches a stored one: the steps for stored products have
-        // nothing to do, and skipping them spares a pass over the staged rows each.
-        let only_new = self.target.stages_only_new_products(generation);
-        if !only_new && !self.checked {
-            tx.rollback().await?;
-            return Ok(Attempt::CheckBatchFirst);
-        }
-        if !only_new {
-            sqlx::query(sql::INDEX_RESOLVED_PRODUCTS)
-                .execute(&mut *tx)
-                .await?;
-        }
-
-        // With skip_invalid, conflicting products are skipped and the checks run again
-        // (skipping one product may not settle another's conflict); otherwise the first
-        // round's conflicts refuse the merge.
-        let mut skipped = Vec::new();
-        let limit = if request.skip_invalid {
-            SKIP_ROUND
-        } else {
-            request.max_conflicts
-        };
-        loop {
-            let mut rows = StoredConflictRows::default();
-            if by_barcode {
-                rows.of_several_products = sqlx::query_as(sql::BARCODES_OF_SEVERAL_PRODUCTS)
-                    .bind(store_id)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                rows.same_stored_product = sqlx::query_as(sql::SAME_STORED_PRODUCT_TWICE)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                rows.external_id_mismatches = sqlx::query_as(sql::EXTERNAL_ID_MISMATCHES)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                rows.external_ids_of_others = sqlx::query_as(sql::EXTERNAL_IDS_OF_OTHER_PRODUCTS)
-                    .bind(store_id)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&mut *tx)
-                    .await?;
-            } else {
-                rows.owned_by_others = sqlx::query_as(sql::BARCODES_OWNED_BY_OTHER_PRODUCTS)
-                    .bind(store_id)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&mut *tx)
-                    .await?;
-            }
-            let mut conflicts = rows.into_conflicts(limit);
-            if conflicts.is_empty() {
-                break;
-            }
-            if !request.skip_invalid {
-                tx.rollback().await?;
-                conflicts.truncate(request.max_conflicts);
-                return Ok(Attempt::Finished(MergeOutcome::Conflicts(conflicts)));
-            }
-            let conflicts = one_per_product(conflicts);
-            for conflict in &conflicts {
-                skip_staged_product(&mut tx, conflict.index()).await?;
-            }
-            skipped.extend(conflicts);
-        }
-
-        let in_stock_before: i64 = if request.clear {
-            sqlx::query_scalar(sql::COUNT_IN_STOCK)
-                .bind(store_id)
-                .fetch_one(&mut *tx)
-                .await?
-        } else {
-            0
-        };
-        let linked: i64 = if by_barcode {
-            sqlx::query_scalar(sql::COUNT_LINKS)
-                .fetch_one(&mut *tx)
-                .await?
-        } else {
-            0
-        };
-        let updated = if only_new {
-            0
-        } else {
-            sqlx::query(sql::DELETE_REPLACED_BARCODES)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::INSERT_REPLACEMENT_BARCODES)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::UPDATE_CHANGED_PRODUCTS.as_str())
-                .bind(store_id)
-                .bind(request.now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        };
-        // The clear runs before new products exist, so it needs to tell apart only the
-        // listed stored products (those resolved) from the unlisted ones.
-        let cleared = if request.clear {
-            sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS)
-                .bind(store_id)
-                .bind(request.now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        } else {
-            0
-        };
-        // Ids are drawn into the staged rows first, and the barcodes follow them.
-        let inserted: Result<u64, sqlx::Error> = async {
-            sqlx::query(sql::ALLOCATE_NEW_PRODUCT_IDS)
-                .execute(&mut *tx)
-                .await?;
-            let created = sqlx::query(sql::INSERT_NEW_PRODUCTS)
-                .bind(store_id)
-                .bind(request.now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query(sql::INSERT_NEW_PRODUCT_BARCODES)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-            Ok(created)
-        }
-        .await;
-        let created = match inserted {
-            Ok(created) => created,
-            // An unchecked batch repeats an external id or a barcode.
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() && !self.checked => {
-                tx.rollback().await?;
-                return Ok(Attempt::CheckBatchFirst);
-            }
-            Err(error) => return Err(error),
-        };
-
-        if let Some(fraction) = request.max_clear_fraction {
-            let in_stock = in_stock_before as u64;
-            if cleared > crate::store::MASS_CLEAR_FLOOR
-                && cleared as f64 > fraction * in_stock as f64
-            {
-                tx.rollback().await?;
-                return Ok(Attempt::Finished(MergeOutcome::MassClear {
-                    would_clear: cleared,
-                    in_stock,
-                }));
-            }
-        }
-        if abandoned() {
-            tx.rollback().await?;
-            return Ok(Attempt::Finished(MergeOutcome::Abandoned));
-        }
-        if created + updated + cleared > 0 {
-            sqlx::query(sql::ADVANCE_SYNC_GENERATION)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if request.dry_run {
-            tx.rollback().await?;
-        } else {
-            let run = &request.run;
-            let rejected = run.rejected_before + skipped.len() as u64;
-            let unchanged = run.received.saturating_sub(created + updated + rejected);
-            sqlx::query(sql::COMMIT_SYNC_RUN)
-                .bind(&run.sync_id)
-                .bind(crate::clock::now_micros())
-                .bind(run.received as i64)
-                .bind(created as i64)
-                .bind(updated as i64)
-                .bind(unchanged as i64)
-                .bind(cleared as i64)
-                .bind(linked)
-                .bind(rejected as i64)
-                .bind(
-                    request
-                        .idempotency
-                        .as_ref()
-                        .map(|check| check.request_hash.as_str()),
-                )
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Ok(Attempt::Finished(MergeOutcome::Applied {
-            counts: MergeCounts {
-                created,
-                updated,
-                cleared,
-                linked: linked as u64,
-            },
-            skipped,
-        }))
-    }
-}
-
-/// Turns staged product `index` into a skipped one: it writes nothing, and neither do its
-/// barcodes.
-async fn skip_staged_product(
-    connection: &mut SqliteConnection,
-    index: u64,
-) -> Result<(), sqlx::Error> {
-    let index = index as i64;
-    sqlx::query(sql::SKIP_STAGED_PRODUCT)
-        .bind(index)
-        .execute(&mut *connection)
-        .await?;
-    sqlx::query(sql::DROP_SKIPPED_BARCODES)
-        .bind(index)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
 }
 
 #[async_trait]
