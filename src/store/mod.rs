@@ -324,11 +324,17 @@ pub trait SyncHistory: Send + Sync {
     /// Records that a sync started.
     async fn insert_sync_run(&self, run: &NewSyncRun<'_>) -> Result<(), StoreError>;
 
-    /// Records how a sync ended, unless it committed (the merge recorded that).
-    async fn end_sync_run(&self, id: &str, ending: &RunEnding) -> Result<(), StoreError>;
+    /// Records how sync `id` of `store_id` ended, unless it committed (the merge recorded
+    /// that).
+    async fn end_sync_run(
+        &self,
+        store_id: i64,
+        id: &str,
+        ending: &RunEnding,
+    ) -> Result<(), StoreError>;
 
-    /// Marks a running sync alive.
-    async fn touch_sync_run(&self, id: &str, now: i64) -> Result<(), StoreError>;
+    /// Marks running sync `id` of `store_id` alive.
+    async fn touch_sync_run(&self, store_id: i64, id: &str, now: i64) -> Result<(), StoreError>;
 
     /// Ends every running sync not marked alive since `silent_since` with `ending`; how
     /// many.
@@ -338,8 +344,8 @@ pub trait SyncHistory: Send + Sync {
         ending: &RunEnding,
     ) -> Result<u64, StoreError>;
 
-    /// One sync run by id.
-    async fn sync_run(&self, id: &str) -> Result<Option<SyncRunRecord>, StoreError>;
+    /// Sync run `id` of `store_id`.
+    async fn sync_run(&self, store_id: i64, id: &str) -> Result<Option<SyncRunRecord>, StoreError>;
 
     /// Up to `limit` runs of a store, newest first, older than run `before` if given.
     async fn sync_runs_page(

@@ -125,6 +125,7 @@ impl SyncEngine {
             .await?;
         let history = RunHistory {
             database: self.database.clone(),
+            store_id: options.store_id,
             sync_id: sync_id.clone(),
             describe: self.describe,
         };
@@ -172,6 +173,7 @@ impl SyncEngine {
         let heartbeat = tokio::spawn(
             keep_alive(
                 self.database.clone(),
+                options.store_id,
                 sync_id.clone(),
                 self.limits.heartbeat,
             )
@@ -249,6 +251,7 @@ impl ContentHash {
 #[derive(Clone)]
 struct RunHistory {
     database: Database,
+    store_id: i64,
     sync_id: String,
     describe: DescribeError,
 }
@@ -267,7 +270,11 @@ impl RunHistory {
 
     /// Records the ending; a failure to is logged, never the sync's own failure.
     async fn record(&self, ending: RunEnding) {
-        if let Err(error) = self.database.end_sync_run(&self.sync_id, &ending).await {
+        if let Err(error) = self
+            .database
+            .end_sync_run(self.store_id, &self.sync_id, &ending)
+            .await
+        {
             warn!(%error, "could not record how the sync ended in its history");
         }
     }
@@ -814,9 +821,13 @@ impl Worker {
             }
             MergeOutcome::Abandoned => Err(SyncError::Abandoned),
             MergeOutcome::Replay { run_id } => {
-                let run = self.database.sync_run(&run_id).await?.ok_or_else(|| {
-                    SyncError::Worker(format!("the replayed run {run_id} is gone"))
-                })?;
+                let run = self
+                    .database
+                    .sync_run(self.options.store_id, &run_id)
+                    .await?
+                    .ok_or_else(|| {
+                        SyncError::Worker(format!("the replayed run {run_id} is gone"))
+                    })?;
                 info!(replay_of = %run_id, "idempotency key seen before; replaying its answer");
                 Ok(Merged::replay(run, request_hash.unwrap_or_default()))
             }
@@ -859,12 +870,20 @@ pub struct Sender<'a> {
 }
 
 /// Marks a sync's history run alive every `interval` until aborted.
-async fn keep_alive(database: Database, sync_id: String, interval: std::time::Duration) {
+async fn keep_alive(
+    database: Database,
+    store_id: i64,
+    sync_id: String,
+    interval: std::time::Duration,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await; // the first tick is immediate; the run was just written
     loop {
         ticks.tick().await;
-        if let Err(error) = database.touch_sync_run(&sync_id, now_micros()).await {
+        if let Err(error) = database
+            .touch_sync_run(store_id, &sync_id, now_micros())
+            .await
+        {
             warn!(%error, "could not mark the sync alive in its history");
         }
     }

@@ -103,6 +103,7 @@ impl PostgresStaging {
                     .fetch_all(&mut *tx)
                     .await?;
                 rows.external_id_mismatches = sqlx::query_as(sql::EXTERNAL_ID_MISMATCHES)
+                    .bind(store_id)
                     .bind(sql_limit(limit))
                     .fetch_all(&mut *tx)
                     .await?;
@@ -144,6 +145,7 @@ impl PostgresStaging {
         };
         let linked: i64 = if by_barcode {
             sqlx::query_scalar(sql::COUNT_LINKS)
+                .bind(store_id)
                 .fetch_one(&mut *tx)
                 .await?
         } else {
@@ -244,6 +246,7 @@ impl PostgresStaging {
                         .as_ref()
                         .map(|check| check.request_hash.as_str()),
                 )
+                .bind(store_id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

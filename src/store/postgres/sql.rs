@@ -46,7 +46,7 @@ pub const SELECT_PRODUCT_BY_BARCODE: &str = "
            p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
            p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
            p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
-    FROM product_barcodes b JOIN products p ON p.id = b.product_id
+    FROM product_barcodes b JOIN products p ON p.store_id = b.store_id AND p.id = b.product_id
     WHERE b.store_id = $1 AND b.barcode = $2";
 
 /// `$1` = store, `$2` = last id of the previous page, `$3` = match status (0 = any),
@@ -173,17 +173,17 @@ pub const INSERT_SYNC_RUN: &str = "
 
 /// Ends a run that is still running (`$15` = RUNNING): `$1` = id, `$2` = when, `$3` =
 /// outcome (NULL keeps it), `$4`/`$5` = status, `$6`..`$12` = counts, `$13` = request hash,
-/// `$14` = the run it replays.
+/// `$14` = the run it replays, `$16` = the store.
 pub const END_SYNC_RUN: &str = "
     UPDATE sync_runs SET finished_at = $2, outcome = COALESCE($3, outcome),
         status_code = $4, status_message = $5, received = $6, created = $7,
         updated = $8, unchanged = $9, cleared = $10, linked = $11, rejected = $12,
         request_hash = COALESCE($13, request_hash), replay_of = $14
-    WHERE id = $1 AND outcome = $15";
+    WHERE store_id = $16 AND id = $1 AND outcome = $15";
 
-/// `$1` = id, `$2` = when, `$3` = RUNNING.
+/// `$1` = id, `$2` = when, `$3` = RUNNING, `$4` = the store.
 pub const TOUCH_SYNC_RUN: &str =
-    "UPDATE sync_runs SET heartbeat_at = $2 WHERE id = $1 AND outcome = $3";
+    "UPDATE sync_runs SET heartbeat_at = $2 WHERE store_id = $4 AND id = $1 AND outcome = $3";
 
 /// Ends the running runs (`$5` = RUNNING) silent since `$6`: `$1` = outcome, `$2` = when,
 /// `$3`/`$4` = status.
@@ -191,12 +191,13 @@ pub const END_SILENT_SYNC_RUNS: &str = "
     UPDATE sync_runs SET outcome = $1, finished_at = $2, status_code = $3, status_message = $4
     WHERE outcome = $5 AND heartbeat_at < $6";
 
+/// `$1` = id, `$2` = the store.
 pub const SELECT_SYNC_RUN: &str = "
     SELECT id, store_id, started_at, finished_at, clear, dry_run, key_field, skip_invalid,
            allow_mass_clear, expected_count, idempotency_key, outcome, status_code,
            status_message, received, created, updated, unchanged, cleared, linked, rejected,
            token_name, replay_of
-    FROM sync_runs WHERE id = $1";
+    FROM sync_runs WHERE store_id = $2 AND id = $1";
 
 /// `$1` = store, `$2` = the run before which the page starts (NULL: the newest), `$3` =
 /// page size.
@@ -403,7 +404,7 @@ pub const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
     FROM staged_barcodes b
     JOIN staged_products s ON s.idx = b.idx
     JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
-    JOIN products p ON p.id = pb.product_id
+    JOIN products p ON p.store_id = $1 AND p.id = pb.product_id
       AND NOT s.skipped
       AND (s.product_id IS NULL OR pb.product_id <> s.product_id)
       AND NOT EXISTS (
@@ -440,15 +441,15 @@ pub const SAME_STORED_PRODUCT_TWICE: &str = "
     LIMIT $1";
 
 /// Barcode sync: matched products that already have another external id.
-/// Rows: (idx, sent external id, stored external id).
+/// Rows: (idx, sent external id, stored external id). `$2` = how many.
 pub const EXTERNAL_ID_MISMATCHES: &str = "
     SELECT s.idx, s.external_id, p.external_id
     FROM staged_products s
-    JOIN products p ON p.id = s.product_id
+    JOIN products p ON p.id = s.product_id AND p.store_id = $1
     WHERE NOT s.skipped AND s.external_id IS NOT NULL AND p.external_id IS NOT NULL
       AND p.external_id <> s.external_id
     ORDER BY s.idx
-    LIMIT $1";
+    LIMIT $2";
 
 /// Barcode sync: external ids that belong to a stored product other than the match.
 /// Rows: (idx, external id).
@@ -468,7 +469,7 @@ pub const COUNT_IN_STOCK: &str =
 pub const COUNT_LINKS: &str = "
     SELECT COUNT(*)
     FROM staged_products s
-    JOIN products p ON p.id = s.product_id
+    JOIN products p ON p.id = s.product_id AND p.store_id = $1
     WHERE NOT s.skipped AND p.external_id IS NULL AND s.external_id IS NOT NULL";
 
 /// Deletes the barcodes of matched products whose barcode set changes, by the old barcodes
@@ -478,7 +479,7 @@ pub const DELETE_REPLACED_BARCODES: &str = "
     DELETE FROM product_barcodes pb
     USING (SELECT unnest(string_to_array(p.barcodes, ' ')) AS barcode
            FROM staged_products s
-           JOIN products p ON p.id = s.product_id
+           JOIN products p ON p.id = s.product_id AND p.store_id = $1
            WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
              AND s.barcodes IS DISTINCT FROM p.barcodes) AS replaced
     WHERE pb.store_id = $1 AND pb.barcode = replaced.barcode";
@@ -489,7 +490,7 @@ pub const INSERT_REPLACEMENT_BARCODES: &str = "
     INSERT INTO product_barcodes (store_id, barcode, product_id)
     SELECT $1, b.barcode, s.product_id
     FROM staged_products s
-    JOIN products p ON p.id = s.product_id
+    JOIN products p ON p.id = s.product_id AND p.store_id = $1
     JOIN staged_barcodes b ON b.idx = s.idx
     WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
       AND s.barcodes IS DISTINCT FROM p.barcodes";
@@ -551,9 +552,9 @@ pub const INSERT_NEW_PRODUCTS_WITH_BARCODES: &str = "
 
 /// Completes a sync's history run in the merge's own transaction: it says committed
 /// exactly when the sync did. `$1` = the sync id, `$2` = when, `$3`..`$9` = counts,
-/// `$10` = the request hash of an idempotency key.
+/// `$10` = the request hash of an idempotency key, `$11` = the store.
 pub const COMMIT_SYNC_RUN: &str = "
     UPDATE sync_runs SET outcome = 2, finished_at = $2, received = $3, created = $4,
         updated = $5, unchanged = $6, cleared = $7, linked = $8, rejected = $9,
         request_hash = $10
-    WHERE id = $1";
+    WHERE store_id = $11 AND id = $1";

@@ -31,7 +31,12 @@ impl SyncHistory for SqliteBackend {
         Ok(())
     }
 
-    async fn end_sync_run(&self, id: &str, ending: &RunEnding) -> Result<(), StoreError> {
+    async fn end_sync_run(
+        &self,
+        store_id: i64,
+        id: &str,
+        ending: &RunEnding,
+    ) -> Result<(), StoreError> {
         let counts = &ending.counts;
         sqlx::query(sql::END_SYNC_RUN)
             .bind(id)
@@ -52,17 +57,19 @@ impl SyncHistory for SqliteBackend {
             .bind(ending.request_hash.as_deref())
             .bind(ending.replay_of.as_deref())
             .bind(RunOutcome::Running.code())
+            .bind(store_id)
             .execute(&self.pool)
             .await
             .during("recording a sync's end")?;
         Ok(())
     }
 
-    async fn touch_sync_run(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    async fn touch_sync_run(&self, store_id: i64, id: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query(sql::TOUCH_SYNC_RUN)
             .bind(id)
             .bind(now)
             .bind(RunOutcome::Running.code())
+            .bind(store_id)
             .execute(&self.pool)
             .await
             .during("marking a sync alive")?;
@@ -90,9 +97,10 @@ impl SyncHistory for SqliteBackend {
         Ok(ended.rows_affected())
     }
 
-    async fn sync_run(&self, id: &str) -> Result<Option<SyncRunRecord>, StoreError> {
+    async fn sync_run(&self, store_id: i64, id: &str) -> Result<Option<SyncRunRecord>, StoreError> {
         sqlx::query_as(sql::SELECT_SYNC_RUN)
             .bind(id)
+            .bind(store_id)
             .fetch_optional(&self.pool)
             .await
             .during("reading a sync run")

@@ -110,6 +110,7 @@ impl SqliteStaging {
                     .fetch_all(&mut *tx)
                     .await?;
                 rows.external_id_mismatches = sqlx::query_as(sql::EXTERNAL_ID_MISMATCHES)
+                    .bind(store_id)
                     .bind(sql_limit(limit))
                     .fetch_all(&mut *tx)
                     .await?;
@@ -151,6 +152,7 @@ impl SqliteStaging {
         };
         let linked: i64 = if by_barcode {
             sqlx::query_scalar(sql::COUNT_LINKS)
+                .bind(store_id)
                 .fetch_one(&mut *tx)
                 .await?
         } else {
@@ -256,6 +258,7 @@ impl SqliteStaging {
                         .as_ref()
                         .map(|check| check.request_hash.as_str()),
                 )
+                .bind(store_id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
