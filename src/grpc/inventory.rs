@@ -11,7 +11,7 @@ use crate::auth::Authenticator;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySync;
 use crate::quote::quoted;
-use crate::store::{Database, ProductFilter, ProductKey, RunOutcome};
+use crate::store::{Database, ProductFilter, ProductKey};
 use crate::sync::{
     MAX_EXTERNAL_ID_CHARS, Sender, SyncEngine, SyncError, SyncOptions, SyncSession, Violation,
     check_text,
@@ -103,15 +103,11 @@ impl InventorySync for InventoryService {
                 }
                 Err(StreamEnd::Broken(status)) => {
                     tracing::info!(%status, "the sync's stream failed; nothing committed");
-                    let outcome = if status.code() == tonic::Code::Cancelled {
-                        RunOutcome::Aborted
-                    } else {
-                        RunOutcome::Rejected
+                    let error = SyncError::StreamFailed {
+                        cancelled: status.code() == tonic::Code::Cancelled,
+                        detail: status.message().to_owned(),
                     };
-                    let message = status.message().to_owned();
-                    session
-                        .abandon_broken_stream(outcome, status.code() as i32, message)
-                        .await;
+                    session.abandon(error).await;
                     Err(status)
                 }
             }

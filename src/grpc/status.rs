@@ -11,15 +11,14 @@ use crate::quote::truncate_bytes;
 use crate::store::StoreError;
 use crate::sync::{SyncError, Violation, Violations};
 
+/// A sync's failures are logged by the sync, with its store and sync ids; here they only
+/// become statuses.
 impl From<SyncError> for Status {
     fn from(error: SyncError) -> Self {
         match error {
             SyncError::Invalid(violations) => invalid_argument(&violations),
-            SyncError::Store(error) => error.into(),
-            SyncError::Worker(detail) => {
-                tracing::error!(%detail, "sync worker failed");
-                Status::internal(INTERNAL)
-            }
+            SyncError::Store(error) => store_status(&error),
+            SyncError::Worker(_) => Status::internal(INTERNAL),
             error => bounded(sync_error_code(&error), error.to_string()),
         }
     }
@@ -52,7 +51,11 @@ fn sync_error_code(error: &SyncError) -> Code {
         | SyncError::TokenBusy { .. }
         | SyncError::MessageTooLarge { .. } => Code::ResourceExhausted,
         SyncError::Revoked => Code::Unauthenticated,
-        SyncError::Abandoned => Code::Cancelled,
+        SyncError::Abandoned
+        | SyncError::StreamFailed {
+            cancelled: true, ..
+        } => Code::Cancelled,
+        SyncError::StreamFailed { .. } => Code::Unknown,
         SyncError::Idle(_) | SyncError::TooLong(_) => Code::DeadlineExceeded,
         SyncError::Store(error) if error.is_unavailable() => Code::Unavailable,
         // Its client saw the connection break.
@@ -107,11 +110,16 @@ impl From<MatchError> for Status {
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         tracing::error!(%error, "database operation failed");
-        if error.is_unavailable() {
-            Status::unavailable(UNAVAILABLE)
-        } else {
-            Status::internal(INTERNAL)
-        }
+        store_status(&error)
+    }
+}
+
+/// What a client is told of a database failure: whether to retry, never the SQL.
+fn store_status(error: &StoreError) -> Status {
+    if error.is_unavailable() {
+        Status::unavailable(UNAVAILABLE)
+    } else {
+        Status::internal(INTERNAL)
     }
 }
 

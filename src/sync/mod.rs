@@ -230,6 +230,10 @@ pub enum SyncError {
         crate::quote::quoted(key)
     )]
     IdempotencyKeyReused { key: String, run_id: String },
+    /// The client's stream failed in transport (it was cancelled, the connection broke, or
+    /// a message could not be decoded).
+    #[error("the sync's stream failed: {detail}; nothing was committed")]
+    StreamFailed { cancelled: bool, detail: String },
     /// The server that ran the sync stopped before it ended (seen by another server, or by
     /// this one after a restart, when its heartbeats stopped).
     #[error("the server stopped during the sync; nothing was committed")]

@@ -119,10 +119,15 @@ impl SyncEngine {
             idempotency_key: options.idempotency_key.as_deref(),
             token_name,
         };
-        self.database
+        if let Err(error) = self
+            .database
             .insert_sync_run(&run)
             .instrument(span.clone())
-            .await?;
+            .await
+        {
+            span.in_scope(|| tracing::error!(%error, "could not record the sync's start"));
+            return Err(error.into());
+        }
         let history = RunHistory {
             database: self.database.clone(),
             store_id: options.store_id,
@@ -152,7 +157,10 @@ impl SyncEngine {
             .await
         {
             Ok(staging) => staging,
-            Err(error) => return Err(refused(error.into()).await),
+            Err(error) => {
+                span.in_scope(|| tracing::error!(%error, "could not open the sync's staging"));
+                return Err(refused(error.into()).await);
+            }
         };
         let ended_early = Arc::new(Mutex::new(None));
         let (commands, queue) = mpsc::channel(STAGING_QUEUE_DEPTH);
@@ -566,26 +574,16 @@ impl SyncSession {
     /// broken stream, `Idle`, a limit); waits until the history says so.
     pub async fn abandon(self, error: SyncError) -> SyncError {
         let outcome = match error {
-            SyncError::Abandoned => RunOutcome::Aborted,
+            SyncError::Abandoned
+            | SyncError::StreamFailed {
+                cancelled: true, ..
+            } => RunOutcome::Aborted,
             SyncError::Idle(_) | SyncError::TooLong(_) => RunOutcome::TimedOut,
             _ => RunOutcome::Rejected,
         };
         let ending = self.history.ending(&error, outcome);
         self.end_early(ending).await;
         error
-    }
-
-    /// Ends the sync without a commit because its stream failed with gRPC status `code`
-    /// and `message` (an oversized or undecodable message, a broken connection).
-    pub async fn abandon_broken_stream(self, outcome: RunOutcome, code: i32, message: String) {
-        let ending = RunEnding {
-            finished_at: now_micros(),
-            outcome: Some(outcome),
-            status_code: code,
-            status_message: message,
-            ..RunEnding::default()
-        };
-        self.end_early(ending).await;
     }
 
     async fn end_early(mut self, ending: RunEnding) {
@@ -611,9 +609,10 @@ impl SyncSession {
             .worker
             .take()
             .ok_or_else(|| SyncError::Worker("the worker was joined already".to_owned()))?;
-        worker
-            .await
-            .map_err(|error| SyncError::Worker(error.to_string()))?
+        worker.await.map_err(|error| {
+            tracing::error!(%error, "the sync's worker failed");
+            SyncError::Worker(error.to_string())
+        })?
     }
 }
 
