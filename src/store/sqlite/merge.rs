@@ -188,8 +188,29 @@ impl SqliteStaging {
         } else {
             0
         };
-        // Ids are drawn into the staged rows first, and the barcodes follow them.
         let inserted: Result<u64, sqlx::Error> = async {
+            if only_new && skipped.is_empty() && self.staged.is_whole_stream() {
+                // Every staged product is new and none was skipped: the product at stream
+                // position `idx` takes id `first_id + idx`, written once, straight from the
+                // staged rows, and its barcodes need no join to find it.
+                let first_id: i64 = sqlx::query_scalar(sql::NEXT_PRODUCT_ID)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let created = sqlx::query(sql::INSERT_STREAM_AS_NEW_PRODUCTS)
+                    .bind(store_id)
+                    .bind(request.now)
+                    .bind(first_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(sql::INSERT_STREAM_BARCODES)
+                    .bind(store_id)
+                    .bind(first_id)
+                    .execute(&mut *tx)
+                    .await?;
+                return Ok(created);
+            }
+            // Ids are drawn into the staged rows first, and the barcodes follow them.
             sqlx::query(sql::ALLOCATE_NEW_PRODUCT_IDS)
                 .execute(&mut *tx)
                 .await?;

@@ -542,6 +542,28 @@ pub const CLEAR_UNLISTED_PRODUCTS: &str = "
       AND (in_stock IS NULL OR in_stock <> 0)
       AND id NOT IN (SELECT product_id FROM staged_products WHERE product_id IS NOT NULL)";
 
+/// The id the next new product takes. The merge holds the write lock, so nobody else draws
+/// ids meanwhile.
+pub const NEXT_PRODUCT_ID: &str = "SELECT COALESCE(MAX(id), 0) + 1 FROM products";
+
+/// Creates every staged product, when all are new, none was skipped and their positions
+/// run from 0 without a gap: the product at position `idx` gets id `$3 + idx`. New products
+/// enter the matching queue as pending (match_status 1).
+pub const INSERT_STREAM_AS_NEW_PRODUCTS: &str = "
+    INSERT INTO products (id, store_id, external_id, barcodes, in_stock, price, name,
+                          unit_size, abv, proof, category, match_status, created_at, updated_at)
+    SELECT $3 + s.idx, $1, s.external_id, s.barcodes, s.in_stock, s.price,
+           s.name, s.unit_size, s.abv, s.proof, COALESCE(s.category, 0), 1, $2, $2
+    FROM staged_products s
+    ORDER BY s.idx";
+
+/// The barcodes of the products [`INSERT_STREAM_AS_NEW_PRODUCTS`] created. `$2` = the first
+/// id.
+pub const INSERT_STREAM_BARCODES: &str = "
+    INSERT INTO product_barcodes (store_id, barcode, product_id)
+    SELECT $1, b.barcode, $2 + b.idx
+    FROM staged_barcodes b";
+
 /// Gives every new staged product its id, in stream order, and marks it created. The merge
 /// holds the write lock, so nobody else draws ids meanwhile.
 pub const ALLOCATE_NEW_PRODUCT_IDS: &str = "

@@ -72,6 +72,36 @@ impl Drop for HeapShare {
     }
 }
 
+/// What a sync staged, counted as batches go in.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct StagedStream {
+    products: u64,
+    /// One past the highest stream position staged.
+    end: u64,
+    skipped: bool,
+}
+
+impl StagedStream {
+    fn add(&mut self, batch: &[StagedProduct]) {
+        self.products += batch.len() as u64;
+        if let Some(last) = batch.last() {
+            self.end = self.end.max(last.index + 1);
+        }
+        self.skipped |= batch.iter().any(|product| product.skipped);
+    }
+
+    /// Records that staged products were skipped after staging (for conflicts).
+    pub(super) fn mark_skipped(&mut self) {
+        self.skipped = true;
+    }
+
+    /// Whether the staged products are the whole stream from position 0, in order, with
+    /// none skipped: then a product's position can give its id.
+    pub(super) fn is_whole_stream(&self) -> bool {
+        !self.skipped && self.products == self.end
+    }
+}
+
 /// The staging area of one sync on SQLite. Lookups share the staging connection: reading
 /// the live file next to the temporary one costs no lock that matters in WAL mode.
 pub(super) struct SqliteStaging {
@@ -79,6 +109,8 @@ pub(super) struct SqliteStaging {
     pub(super) target: StagingTarget,
     /// Whether the batch was checked for repeats of an external id or a barcode.
     pub(super) checked: bool,
+    /// What was staged, counted as it was.
+    pub(super) staged: StagedStream,
     _heap: HeapShare,
 }
 
@@ -103,6 +135,7 @@ impl SqliteStaging {
                 connection,
                 target: StagingTarget::new(store_id, key, generation, has_products),
                 checked: false,
+                staged: StagedStream::default(),
                 _heap: HeapShare::claim(),
             })
         }
@@ -148,12 +181,14 @@ impl Staging for SqliteStaging {
         mut batches: BoxStream<'_, Vec<StagedProduct>>,
     ) -> Result<(), StoreError> {
         let target = self.target;
+        let staged = &mut self.staged;
         let (bound, mut to_write) = mpsc::channel(1);
         let bind = async move {
             while let Some(batch) = batches.next().await {
                 if batch.is_empty() {
                     continue;
                 }
+                staged.add(&batch);
                 if bound.send(bind_batch(batch, &target)).await.is_err() {
                     // The writer failed; it reports why.
                     break;
@@ -193,6 +228,7 @@ impl Staging for SqliteStaging {
                 for conflict in &conflicts {
                     skip_staged_product(&mut self.connection, conflict.index()).await?;
                 }
+                self.staged.mark_skipped();
                 skipped.extend(conflicts);
             }
         }
