@@ -212,12 +212,14 @@ pub const SELECT_SYNC_RUNS_PAGE: &str = "
 
 // ---- staging ----
 
-/// The staging tables of one sync, on its own connection. No indexes: PostgreSQL
-/// hash-joins, and maintaining them row by row during `COPY` only costs.
-pub const CREATE_STAGING: &str = "
-    DROP TABLE IF EXISTS staged_products;
-    DROP TABLE IF EXISTS staged_barcodes;
-    CREATE TEMPORARY TABLE staged_products (
+/// The staging tables of one sync, on its own connection. They stay with the connection
+/// for its next sync, emptied: creating and dropping them costs a sync more than a
+/// millisecond of catalog writes, and a small sync takes a few. They start empty whatever
+/// an earlier user left. No indexes: PostgreSQL hash-joins, and maintaining them row by row
+/// during `COPY` only costs.
+pub const OPEN_STAGING: &str = "
+    SET client_min_messages TO warning;
+    CREATE TEMPORARY TABLE IF NOT EXISTS staged_products (
         idx         BIGINT PRIMARY KEY,
         external_id TEXT,
         barcodes    TEXT,
@@ -238,14 +240,23 @@ pub const CREATE_STAGING: &str = "
         -- clear never zeroes a product for a bad copy of it.
         skipped     BOOLEAN NOT NULL DEFAULT FALSE
     );
-    CREATE TEMPORARY TABLE staged_barcodes (
+    CREATE TEMPORARY TABLE IF NOT EXISTS staged_barcodes (
         idx     BIGINT NOT NULL,
         barcode TEXT   NOT NULL
-    );";
+    );
+    DELETE FROM staged_products;
+    DELETE FROM staged_barcodes;";
 
-pub const DROP_STAGING: &str = "
-    DROP TABLE IF EXISTS staged_products;
-    DROP TABLE IF EXISTS staged_barcodes;";
+/// Bytes the staging tables take, dead rows included: temporary tables are never vacuumed,
+/// so rows deleted stay until the tables are truncated.
+pub const STAGING_SIZE: &str =
+    "SELECT pg_total_relation_size('staged_products') + pg_total_relation_size('staged_barcodes')";
+
+/// Empties small staging tables.
+pub const EMPTY_STAGING: &str = "DELETE FROM staged_products; DELETE FROM staged_barcodes;";
+
+/// Empties staging tables that grew, giving their space back.
+pub const TRUNCATE_STAGING: &str = "TRUNCATE staged_products, staged_barcodes";
 
 /// The store's sync generation, and whether it has products at all. Read when an upload
 /// begins; a store that is missing is at generation 0 and empty.
@@ -271,13 +282,14 @@ pub const SELECT_STORED_FIELDS: &str = "
 /// for those over a million.
 pub const ANALYZE_STAGED_PRODUCTS: &str = "ANALYZE staged_products";
 
-/// Splits the staged barcodes of changed products into their own rows, with statistics,
-/// for the checks of the batch and the merge of stored products.
+/// Splits the staged barcodes of changed products into their own rows, for the checks of
+/// the batch and the merge of stored products.
 pub const SPLIT_STAGED_BARCODES: &str = "
     INSERT INTO staged_barcodes (idx, barcode)
-        SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
-        WHERE barcodes IS NOT NULL AND NOT unchanged;
-    ANALYZE staged_barcodes;";
+    SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
+    WHERE barcodes IS NOT NULL AND NOT unchanged";
+
+pub const ANALYZE_STAGED_BARCODES: &str = "ANALYZE staged_barcodes";
 
 /// The barcodes of the products marked unchanged, split out when the marks are dropped
 /// (they were left out while staging).

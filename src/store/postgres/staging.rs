@@ -28,6 +28,13 @@ const LOOKUP_CONNECTION_WAIT: Duration = Duration::from_millis(500);
 /// Batches looked up ahead of the one going into the `COPY`, each on a connection of its
 /// own while its lookup runs.
 const LOOKUPS_AHEAD: usize = 2;
+/// Staged products from which the planner is given statistics of the staging tables (and
+/// below which a batch is checked for repeats before the merge): for fewer, its guesses for
+/// a temporary table without them serve, and each `ANALYZE` is one more round trip.
+const STATISTICS_FROM: u64 = 1_000;
+/// The size up to which the staging tables are emptied by deleting rows, and past which
+/// they are truncated (which costs about as much as creating a table).
+const KEPT_STAGING_BYTES: i64 = 4 * 1024 * 1024;
 /// The staging connection and the lookups ahead.
 pub(crate) const CONNECTIONS_PER_SYNC: u32 = 1 + LOOKUPS_AHEAD as u32;
 
@@ -41,6 +48,8 @@ pub(super) struct PostgresStaging {
     pub(super) checks_prepared: bool,
     /// Whether the batch was checked for repeats of an external id or a barcode.
     pub(super) checked: bool,
+    /// Products staged.
+    pub(super) staged: u64,
 }
 
 impl PostgresStaging {
@@ -51,7 +60,7 @@ impl PostgresStaging {
     ) -> Result<Self, StoreError> {
         async {
             let mut connection = pool.acquire().await?;
-            sqlx::raw_sql(sql::CREATE_STAGING)
+            sqlx::raw_sql(sql::OPEN_STAGING)
                 .execute(&mut *connection)
                 .await?;
             // Read before the first lookup, so that a sync committing after it shows.
@@ -66,6 +75,7 @@ impl PostgresStaging {
                 target: StagingTarget::new(store_id, key, generation, has_products),
                 checks_prepared: false,
                 checked: false,
+                staged: 0,
             })
         }
         .await
@@ -147,13 +157,34 @@ impl PostgresStaging {
             });
             copy.send(copy_rows(&batch, &matches).buffer.into_bytes())
                 .await?;
+            self.staged += batch.len() as u64;
             match looked_up.next().await {
                 Some(looked_up_batch) => next = looked_up_batch,
                 None => break,
             }
         }
         copy.finish().await?;
-        sqlx::raw_sql(sql::ANALYZE_STAGED_PRODUCTS)
+        if self.staged >= STATISTICS_FROM {
+            sqlx::raw_sql(sql::ANALYZE_STAGED_PRODUCTS)
+                .execute(&mut *self.connection)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Empties the staging tables for the connection's next sync: by deleting the rows of
+    /// tables that stayed small, by truncating those that grew or were given statistics
+    /// (which would mislead the planner about the next, small, sync).
+    async fn empty(&mut self) -> Result<(), sqlx::Error> {
+        let size: i64 = sqlx::query_scalar(sql::STAGING_SIZE)
+            .fetch_one(&mut *self.connection)
+            .await?;
+        let statement = if size > KEPT_STAGING_BYTES || self.staged >= STATISTICS_FROM {
+            sql::TRUNCATE_STAGING
+        } else {
+            sql::EMPTY_STAGING
+        };
+        sqlx::raw_sql(statement)
             .execute(&mut *self.connection)
             .await?;
         Ok(())
@@ -165,6 +196,11 @@ impl PostgresStaging {
             sqlx::raw_sql(sql::SPLIT_STAGED_BARCODES)
                 .execute(&mut *self.connection)
                 .await?;
+            if self.staged >= STATISTICS_FROM {
+                sqlx::raw_sql(sql::ANALYZE_STAGED_BARCODES)
+                    .execute(&mut *self.connection)
+                    .await?;
+            }
             self.checks_prepared = true;
         }
         Ok(())
@@ -229,6 +265,14 @@ impl Staging for PostgresStaging {
         request: &MergeRequest,
         abandoned: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<MergeOutcome, StoreError> {
+        // A small batch is checked before the transaction: cheaper than an attempt that
+        // may stop to ask for it.
+        if !self.checked && self.staged < STATISTICS_FROM {
+            let conflicts = self.batch_conflicts(request.max_conflicts).await?;
+            if !conflicts.is_empty() {
+                return Ok(MergeOutcome::Conflicts(conflicts));
+            }
+        }
         loop {
             match self
                 .attempt(request, abandoned)
@@ -247,12 +291,9 @@ impl Staging for PostgresStaging {
     }
 
     async fn close(mut self: Box<Self>) {
-        if let Err(error) = sqlx::raw_sql(sql::DROP_STAGING)
-            .execute(&mut *self.connection)
-            .await
-        {
+        if let Err(error) = self.empty().await {
             // The connection may hold staged rows; never hand it to another request.
-            tracing::warn!(%error, "could not drop the staging tables; closing the connection");
+            tracing::warn!(%error, "could not empty the staging tables; closing the connection");
             let _ = self.connection.detach().close().await;
         }
     }
