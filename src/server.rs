@@ -164,8 +164,13 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
-    let mut builder =
-        Server::builder().layer(tower::util::MapResponseLayer::new(oversized_is_exhausted));
+    let mut builder = Server::builder()
+        // What a client may send ahead of the server's reading is what a sync waiting
+        // for its turn holds of its upload in memory. hyper's fixed windows let each
+        // stream send 1 MiB ahead; adaptive windows start at HTTP/2's 64 KiB and grow
+        // only for a stream that is read fast over a long path.
+        .http2_adaptive_window(Some(true))
+        .layer(tower::util::MapResponseLayer::new(oversized_is_exhausted));
     if let Some(tls) = state.tls {
         builder = builder.tls_config(tls)?;
     }
