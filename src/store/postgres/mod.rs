@@ -1,6 +1,8 @@
 //! PostgreSQL: the backend for many replicas sharing one database. A sync streams its
-//! products into temporary tables of its own connection with `COPY` and merges them in one
-//! transaction that holds the store's row lock (`staging.rs`).
+//! products into temporary tables of its own connection with `COPY` (`staging.rs`) and
+//! merges them in one transaction that holds the store's row lock (`merge.rs`). Reads, the
+//! matching queue, tokens and the history are in `reads.rs`, `tokens.rs` and `history.rs`;
+//! every statement is in `sql.rs`.
 
 mod copy_text;
 mod history;

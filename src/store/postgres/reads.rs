@@ -56,7 +56,7 @@ impl ProductReads for PostgresBackend {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
+        sqlx::query(sql::PING)
             .execute(&self.pool)
             .await
             .during("checking the database")?;

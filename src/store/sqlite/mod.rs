@@ -1,6 +1,8 @@
 //! SQLite: the embedded default. One file in WAL mode, so readers never wait for the
 //! writer; a sync stages into its connection's temporary database, which takes no lock on
-//! the main file, and holds the write lock only for its final merge (`staging.rs`).
+//! the main file (`staging.rs`), and holds the write lock only for its final merge
+//! (`merge.rs`). Reads, the matching queue, tokens and the history are in `reads.rs`,
+//! `tokens.rs` and `history.rs`; every statement is in `sql.rs`.
 
 mod history;
 mod merge;

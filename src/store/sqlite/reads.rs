@@ -65,7 +65,7 @@ impl ProductReads for SqliteBackend {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
+        sqlx::query(sql::PING)
             .execute(&self.pool)
             .await
             .during("checking the database")?;

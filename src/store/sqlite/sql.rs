@@ -23,6 +23,9 @@ use std::sync::LazyLock;
 
 // ---- live products ----
 
+/// Whether the database answers.
+pub const PING: &str = "SELECT 1";
+
 /// `$1` = the product's id.
 pub const SELECT_PRODUCT_BY_ID: &str = "
     SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price, p.name,
