@@ -11,6 +11,8 @@ mod reads;
 mod sql;
 mod staging;
 mod tokens;
+#[cfg(test)]
+mod unchanged_rule_test;
 
 use std::str::FromStr;
 use std::time::Duration;
