@@ -41,6 +41,53 @@ backend_tests! {
         assert_eq!(get(&mut client, STORE + 1, "a").await.unwrap_err().code(), tonic::Code::NotFound);
     }
 
+    // Lookups that arrive together are answered together (PostgreSQL gathers them into
+    // one query per store): each caller still gets exactly its own product, or NOT_FOUND.
+    async fn concurrent_lookups_of_two_stores_each_get_their_own_product(server) {
+        let mut client = server.client().await;
+        let stores = [(STORE, 0), (STORE + 1, 1_000)];
+        for (store, stock_offset) in stores {
+            let products = (0..100)
+                .map(|i| pb::ProductUpdate {
+                    barcodes: vec![format!("{store}-{i}")],
+                    ..stocked(&format!("k{i}"), stock_offset + i)
+                })
+                .collect();
+            sync(&mut client, header(store), products).await.unwrap();
+        }
+        // 64 callers at once; keys 100 to 109 are missing; a few keys are asked for twice
+        // at once.
+        let lookups = (0..600).map(|call| {
+            let mut client = client.clone();
+            async move {
+                let (store, stock_offset) = stores[call % 2];
+                let i = (call / 2) % 110;
+                let found = if call % 3 == 0 {
+                    get_by_barcode(&mut client, store, &format!("{store}-{i}")).await
+                } else {
+                    get(&mut client, store, &format!("k{i}")).await
+                };
+                (store, stock_offset, i, found)
+            }
+        });
+        let answers: Vec<_> = futures::StreamExt::collect(
+            futures::StreamExt::buffer_unordered(futures::stream::iter(lookups), 64),
+        )
+        .await;
+        for (store, stock_offset, i, found) in answers {
+            if i >= 100 {
+                let status = found.expect_err("a missing key is not found");
+                assert_eq!(status.code(), tonic::Code::NotFound, "store {store} key {i}: {status:?}");
+                continue;
+            }
+            let product = found.unwrap_or_else(|status| panic!("store {store} key {i}: {status:?}"));
+            assert_eq!(product.store_id, store);
+            assert_eq!(product.external_id, format!("k{i}"));
+            assert_eq!(product.barcodes, [format!("{store}-{i}")]);
+            assert_eq!(product.in_stock, Some(stock_offset + i as i64));
+        }
+    }
+
     async fn get_product_refuses_a_request_without_a_key(server) {
         let mut client = server.client().await;
         let status = client

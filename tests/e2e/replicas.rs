@@ -122,6 +122,14 @@ async fn clearing_syncs_of_one_store_through_two_server_processes_on_postgres_ru
 
     clearing_syncs_serialize(first, second).await;
 
+    // Each stops cleanly after serving reads: its point readers give their connections back.
+    for replica in [&replica_one, &replica_two] {
+        let mut client = InventorySyncClient::connect(replica.endpoint.clone())
+            .await
+            .unwrap();
+        let product = get(&mut client, 7_000, "c").await.unwrap();
+        assert_eq!(product.external_id, "c");
+    }
     assert!(terminate(replica_one.child).await.success());
     assert!(terminate(replica_two.child).await.success());
     drop_postgres_database(&admin_url, &name).await;

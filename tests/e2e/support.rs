@@ -672,17 +672,23 @@ pub fn first_admin_token_in(line: &str) -> Option<String> {
     Some(token)
 }
 
+/// How long a server may take to stop after SIGTERM before its test fails.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Sends SIGTERM and waits for the process to exit, without blocking the runtime (which
 /// may still have to close the client's connection for the server to finish).
 pub async fn terminate(mut child: Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    match tokio::time::timeout(STOP_DEADLINE, exited).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the server did not stop within {STOP_DEADLINE:?} of SIGTERM");
+        }
+    }
 }
 
 // ---- streams a test holds open ----

@@ -2,11 +2,13 @@
 //! products into temporary tables of its own connection with `COPY` (`staging.rs`) and
 //! merges them in one transaction that holds the store's row lock (`merge.rs`). Reads, the
 //! matching queue, tokens and the history are in `reads.rs`, `tokens.rs` and `history.rs`;
-//! every statement is in `sql.rs`.
+//! single products are read in gathered queries (`point_reads.rs`); every statement is in
+//! `sql.rs`.
 
 mod copy_text;
 mod history;
 mod merge;
+mod point_reads;
 mod reads;
 mod sql;
 mod staging;
@@ -18,6 +20,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+use self::point_reads::PointReads;
 pub(super) use self::staging::CONNECTIONS_PER_SYNC;
 use self::staging::PostgresStaging;
 use super::{During, PoolSettings, Staging, StoreError, SyncStore};
@@ -27,10 +30,15 @@ use crate::product::SyncKey;
 /// UNAVAILABLE soon, not after 30 s.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most tasks that read single products (see `point_reads.rs`): each holds a connection
+/// while its query runs.
+const MOST_POINT_READERS: u32 = 4;
+
 /// A PostgreSQL database.
 #[derive(Debug)]
 pub(super) struct PostgresBackend {
     pool: PgPool,
+    point_reads: PointReads,
 }
 
 impl PostgresBackend {
@@ -47,7 +55,10 @@ impl PostgresBackend {
         if settings.run_migrations {
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         }
-        Ok(PostgresBackend { pool })
+        // At most half the pool reads single products, so other calls find a connection.
+        let readers = (settings.max_connections / 2).clamp(1, MOST_POINT_READERS);
+        let point_reads = PointReads::start(pool.clone(), readers as usize);
+        Ok(PostgresBackend { pool, point_reads })
     }
 }
 

@@ -15,18 +15,7 @@ impl ProductReads for PostgresBackend {
         store_id: i64,
         key: &ProductKey,
     ) -> Result<Option<ProductRecord>, StoreError> {
-        let (statement, value) = match key {
-            ProductKey::ExternalId(external_id) => {
-                (sql::SELECT_PRODUCT_BY_EXTERNAL_ID, external_id)
-            }
-            ProductKey::Barcode(barcode) => (sql::SELECT_PRODUCT_BY_BARCODE, barcode),
-        };
-        sqlx::query_as(statement)
-            .bind(store_id)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await
-            .during("reading a product")
+        self.point_reads.product(&self.pool, store_id, key).await
     }
 
     async fn products_page(
@@ -73,6 +62,7 @@ impl ProductReads for PostgresBackend {
     }
 
     async fn close(&self) {
+        self.point_reads.close();
         self.pool.close().await
     }
 }

@@ -52,6 +52,79 @@ pub const SELECT_PRODUCT_BY_BARCODE: &str = "
     FROM product_barcodes b JOIN products p ON p.store_id = b.store_id AND p.id = b.product_id
     WHERE b.store_id = $1 AND b.barcode = $2";
 
+/// How many keys a gathered product read binds: a batch is padded up to the next of these
+/// (repeating its last key). An array of unknown length (`= ANY($2)`) makes PostgreSQL plan
+/// every execution anew, for more than the read itself costs; a list of a fixed number of
+/// parameters gets a generic plan after a few executions, as a single-key read does.
+pub const GATHERED_READ_SIZES: [usize; 4] = [1, 4, 16, 64];
+
+/// `$1` = store, `$2`… = as many external ids as the statement's size; `found_by` = the
+/// external id.
+pub fn select_products_by_external_ids(keys: usize) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        gathered_reads("FROM products p WHERE p.store_id = $1 AND p.external_id = k.key")
+    });
+    gathered_read(&STATEMENTS, keys)
+}
+
+/// `$1` = store, `$2`… = as many barcodes as the statement's size; `found_by` = the barcode
+/// a product was found by.
+pub fn select_products_by_barcodes(keys: usize) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        gathered_reads(
+            "FROM product_barcodes b JOIN products p ON p.store_id = b.store_id AND p.id = b.product_id
+             WHERE b.store_id = $1 AND b.barcode = k.key",
+        )
+    });
+    gathered_read(&STATEMENTS, keys)
+}
+
+/// The smallest size of [`GATHERED_READ_SIZES`] that holds `keys` keys.
+pub fn gathered_read_size(keys: usize) -> usize {
+    GATHERED_READ_SIZES
+        .into_iter()
+        .find(|&size| size >= keys)
+        .expect("a gathered read takes at most the largest size")
+}
+
+/// The statement of [`gathered_read_size`]`(keys)`.
+fn gathered_read(statements: &'static [String], keys: usize) -> &'static str {
+    let size = gathered_read_size(keys);
+    let position = GATHERED_READ_SIZES.iter().position(|&each| each == size);
+    &statements[position.expect("a size of the list")]
+}
+
+/// One statement per size of [`GATHERED_READ_SIZES`]: each key is looked up by a lateral
+/// subquery of its own, `lookup` (which names the key `k.key`), so the plan is one unique
+/// index probe per key whatever the table's statistics say (a freshly loaded table has
+/// none, and an `IN` list or a join over it was planned as a scan of the whole store).
+/// `LIMIT 1` (the key is unique) keeps the planner from pulling the subquery up into a
+/// join.
+fn gathered_reads(lookup: &str) -> Vec<String> {
+    GATHERED_READ_SIZES
+        .iter()
+        .map(|&size| {
+            let mut keys = String::new();
+            for parameter in 2..size + 2 {
+                let separator = if parameter == 2 { "" } else { ", " };
+                write!(keys, "{separator}(${parameter}::text)").expect("writing to a String");
+            }
+            format!(
+                "SELECT k.key AS found_by, p.*
+                 FROM (VALUES {keys}) AS k(key)
+                 CROSS JOIN LATERAL (
+                     SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock,
+                            p.price::text AS price, p.name, p.unit_size, p.abv, p.proof,
+                            p.category, p.match_status, p.claimed_by, p.claimed_by_token,
+                            p.catalog_item_id, p.catalog_kind, p.catalog_name,
+                            p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
+                     {lookup}
+                     LIMIT 1) AS p"
+            )
+        })
+        .collect()
+}
+
 /// `$1` = store, `$2` = last id of the previous page, `$3` = match status (0 = any),
 /// `$4` = in stock only, `$5` = updated since (NULL = any time), `$6` = page size.
 pub const SELECT_PRODUCTS_PAGE: &str = "
