@@ -266,8 +266,10 @@ impl Staging for PostgresStaging {
         abandoned: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<MergeOutcome, StoreError> {
         // A small batch is checked before the transaction: cheaper than an attempt that
-        // may stop to ask for it.
-        if !self.checked && self.staged < STATISTICS_FROM {
+        // may stop to ask for it. Not with an idempotency key: whether the key committed
+        // before is answered first (a retry gets its replay, a reuse is refused as a
+        // reuse, whatever the batch holds), and only the attempt can read that.
+        if !self.checked && self.staged < STATISTICS_FROM && request.idempotency.is_none() {
             let conflicts = self.batch_conflicts(request.max_conflicts).await?;
             if !conflicts.is_empty() {
                 return Ok(MergeOutcome::Conflicts(conflicts));
