@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use super::StagedProduct;
-use crate::product::{ProductChange, SyncKey};
+use crate::product::{Barcodes, ProductChange, SyncKey};
 
 /// The store a staging area stages for, and what it resolves while staging.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +84,8 @@ pub(super) struct StoredMatch {
     pub product_id: i64,
     /// Writing the product would change nothing.
     pub unchanged: bool,
+    /// It is sent with exactly the barcodes stored.
+    pub barcodes_kept: bool,
 }
 
 /// Whether writing `change` over `stored` changes nothing. This is the negation of the
@@ -128,10 +130,14 @@ pub(super) fn match_batch(
         .iter()
         .map(|product| {
             let stored = by_external_id.get(product.change.external_id.as_ref()?)?;
+            // A skipped product writes nothing anyway; leave it to the usual path.
+            let sent_barcodes = product.change.barcodes.as_ref().map(Barcodes::joined);
             Some(StoredMatch {
                 product_id: stored.id,
-                // A skipped product writes nothing anyway; leave it to the usual path.
                 unchanged: !product.skipped && is_unchanged(&product.change, stored),
+                barcodes_kept: !product.skipped
+                    && sent_barcodes.is_some()
+                    && sent_barcodes == stored.barcodes,
             })
         })
         .collect()
@@ -247,12 +253,41 @@ mod tests {
         let unchanged = StoredMatch {
             product_id: 7,
             unchanged: true,
+            barcodes_kept: true,
         };
         let skipped = StoredMatch {
             product_id: 7,
             unchanged: false,
+            barcodes_kept: false,
         };
         assert_eq!(matches, vec![Some(unchanged), None, Some(skipped)]);
         assert_eq!(external_ids(&products), vec!["sku-1", "new", "sku-1"]);
+    }
+
+    #[test]
+    fn a_changed_product_keeps_its_barcodes_only_when_it_sends_the_stored_set() {
+        let staged = |barcodes: Option<Vec<&str>>| StagedProduct {
+            index: 0,
+            change: ProductChange {
+                in_stock: Some(5),
+                barcodes: barcodes
+                    .map(|codes| Barcodes::new(codes.into_iter().map(str::to_owned).collect())),
+                ..same_as_stored()
+            },
+            skipped: false,
+        };
+        let kept = |barcodes| {
+            let matched = match_batch(&[staged(barcodes)], vec![stored()])[0].unwrap();
+            assert!(!matched.unchanged, "the stock changed");
+            matched.barcodes_kept
+        };
+        assert!(kept(Some(vec!["111", "222"])));
+        assert!(
+            kept(Some(vec!["222", "111"])),
+            "the order sent does not matter"
+        );
+        assert!(!kept(Some(vec!["111"])));
+        assert!(!kept(Some(vec!["111", "222", "333"])));
+        assert!(!kept(None), "no barcodes sent: nothing to keep or split");
     }
 }

@@ -157,6 +157,23 @@ backend_tests! {
         .unwrap_err();
         assert_eq!(violated_fields(&status), ["products[1].barcodes"]);
         assert_eq!(list(&mut client, STORE).await, before);
+
+        // Changed, and sent with the very barcodes it has, "kept" keeps 777 too, from a new
+        // product and from a stored one alike.
+        for taker in ["thief", "other"] {
+            let status = sync(
+                &mut client,
+                header(STORE),
+                vec![
+                    pb::ProductUpdate { barcodes: vec!["777".into()], ..stocked("kept", 42) },
+                    pb::ProductUpdate { barcodes: vec!["777".into()], ..item(taker) },
+                ],
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(violated_fields(&status), ["products[1].barcodes"], "{taker}");
+            assert_eq!(list(&mut client, STORE).await, before, "{taker}");
+        }
     }
 
     async fn the_first_message_must_carry_the_header(server) {

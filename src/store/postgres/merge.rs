@@ -68,6 +68,9 @@ impl PostgresStaging {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(sql::FORGET_UNCHANGED).execute(&mut *tx).await?;
+            sqlx::query(sql::FORGET_KEPT_BARCODES)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
                 .bind(store_id)
                 .execute(&mut *tx)

@@ -312,13 +312,19 @@ pub const OPEN_STAGING: &str = "
         -- Sent exactly as stored, as of the sync generation read when the upload began:
         -- no check or write needs it.
         unchanged   BOOLEAN NOT NULL DEFAULT FALSE,
+        -- Sent with exactly the barcodes stored, as of the same generation: its barcodes
+        -- are its own already, so no stored product's can be among them and none is
+        -- rewritten. They still take part in the check for barcodes sent twice.
+        barcodes_kept BOOLEAN NOT NULL DEFAULT FALSE,
         -- Rejected (skip_invalid): it writes nothing, but its key counts as listed, so a
         -- clear never zeroes a product for a bad copy of it.
         skipped     BOOLEAN NOT NULL DEFAULT FALSE
     );
     CREATE TEMPORARY TABLE IF NOT EXISTS staged_barcodes (
-        idx     BIGINT NOT NULL,
-        barcode TEXT   NOT NULL
+        idx     BIGINT  NOT NULL,
+        barcode TEXT    NOT NULL,
+        -- Its product's `barcodes_kept`.
+        kept    BOOLEAN NOT NULL DEFAULT FALSE
     );
     DELETE FROM staged_products;
     DELETE FROM staged_barcodes;";
@@ -341,7 +347,7 @@ pub const STAGING_START: &str = "
     FROM stores s WHERE s.id = $1";
 
 /// The staged rows of a whole upload, in `COPY` text format.
-pub const COPY_STAGED_PRODUCTS: &str = "COPY staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped, product_id, unchanged) FROM STDIN";
+pub const COPY_STAGED_PRODUCTS: &str = "COPY staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped, product_id, unchanged, barcodes_kept) FROM STDIN";
 
 /// The fields of store `$1`'s products whose external ids are in the array `$2`, for
 /// `unchanged::StoredFields`. Joined to the sent ids rather than filtered by `= ANY`: the
@@ -361,8 +367,8 @@ pub const ANALYZE_STAGED_PRODUCTS: &str = "ANALYZE staged_products";
 /// Splits the staged barcodes of changed products into their own rows, for the checks of
 /// the batch and the merge of stored products.
 pub const SPLIT_STAGED_BARCODES: &str = "
-    INSERT INTO staged_barcodes (idx, barcode)
-    SELECT idx, unnest(string_to_array(barcodes, ' ')) FROM staged_products
+    INSERT INTO staged_barcodes (idx, barcode, kept)
+    SELECT idx, unnest(string_to_array(barcodes, ' ')), barcodes_kept FROM staged_products
     WHERE barcodes IS NOT NULL AND NOT unchanged";
 
 pub const ANALYZE_STAGED_BARCODES: &str = "ANALYZE staged_barcodes";
@@ -465,7 +471,12 @@ pub const COMMITTED_RUN_OF_IDEMPOTENCY_KEY: &str = "
 
 /// Another sync wrote to the store while this one uploaded: the unchanged marks may be
 /// stale, so every product is checked again.
-pub const FORGET_UNCHANGED: &str = "UPDATE staged_products SET unchanged = FALSE WHERE unchanged";
+pub const FORGET_UNCHANGED: &str = "
+    UPDATE staged_products SET unchanged = FALSE, barcodes_kept = FALSE
+    WHERE unchanged OR barcodes_kept";
+
+/// The same for the split barcodes of the products whose barcodes were marked kept.
+pub const FORGET_KEPT_BARCODES: &str = "UPDATE staged_barcodes SET kept = FALSE WHERE kept";
 
 /// External-id sync: a staged product is the live product with its external id.
 pub const RESOLVE_BY_EXTERNAL_ID: &str = "
@@ -486,11 +497,12 @@ pub const RESOLVE_BY_BARCODES: &str = "
 
 /// External-id sync: a staged barcode owned by another stored product that keeps its
 /// barcodes through this sync. Rows: (idx, barcode, owner's external id). Only the barcodes
-/// of changed products are staged, so the search starts from few rows.
+/// of changed products are staged, and of those only the barcodes of products whose set
+/// changes are searched, so the search starts from few rows.
 pub const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
     SELECT s.idx, b.barcode, p.external_id
     FROM staged_barcodes b
-    JOIN staged_products s ON s.idx = b.idx
+    JOIN staged_products s ON s.idx = b.idx AND NOT b.kept
     JOIN product_barcodes pb ON pb.store_id = $1 AND pb.barcode = b.barcode
     JOIN products p ON p.store_id = $1 AND p.id = pb.product_id
       AND NOT s.skipped
@@ -568,8 +580,8 @@ pub const DELETE_REPLACED_BARCODES: &str = "
     USING (SELECT unnest(string_to_array(p.barcodes, ' ')) AS barcode
            FROM staged_products s
            JOIN products p ON p.id = s.product_id AND p.store_id = $1
-           WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
-             AND s.barcodes IS DISTINCT FROM p.barcodes) AS replaced
+           WHERE NOT s.skipped AND NOT s.unchanged AND NOT s.barcodes_kept
+             AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes) AS replaced
     WHERE pb.store_id = $1 AND pb.barcode = replaced.barcode";
 
 /// The new barcode sets of those same products (all replaced sets were deleted first, so a
@@ -579,8 +591,8 @@ pub const INSERT_REPLACEMENT_BARCODES: &str = "
     SELECT $1, b.barcode, s.product_id
     FROM staged_products s
     JOIN products p ON p.id = s.product_id AND p.store_id = $1
-    JOIN staged_barcodes b ON b.idx = s.idx
-    WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
+    JOIN staged_barcodes b ON b.idx = s.idx AND NOT b.kept
+    WHERE NOT s.skipped AND NOT s.unchanged AND NOT s.barcodes_kept AND s.barcodes IS NOT NULL
       AND s.barcodes IS DISTINCT FROM p.barcodes";
 
 /// Only rows whose stored data really changes are written, so the affected row count is

@@ -325,6 +325,7 @@ fn copy_rows(products: &[StagedProduct], matches: &[Option<StoredMatch>]) -> Cop
         rows.boolean(product.skipped);
         rows.int(stored.map(|stored| stored.product_id));
         rows.boolean(stored.is_some_and(|stored| stored.unchanged));
+        rows.boolean(stored.is_some_and(|stored| stored.barcodes_kept));
         rows.end_row();
     }
     rows
