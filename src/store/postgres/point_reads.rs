@@ -234,14 +234,11 @@ async fn read_alone(
     store_id: i64,
     key: &ProductKey,
 ) -> Result<Option<ProductRecord>, StoreError> {
-    let (statement, value) = match key {
-        ProductKey::ExternalId(external_id) => (sql::SELECT_PRODUCT_BY_EXTERNAL_ID, external_id),
-        ProductKey::Barcode(barcode) => (sql::SELECT_PRODUCT_BY_BARCODE, barcode),
+    let (by_barcode, value) = match key {
+        ProductKey::ExternalId(external_id) => (false, external_id),
+        ProductKey::Barcode(barcode) => (true, barcode),
     };
-    sqlx::query_as(statement)
-        .bind(store_id)
-        .bind(value)
-        .fetch_optional(pool)
-        .await
-        .during("reading a product")
+    let mut connection = pool.acquire().await.during("reading a product")?;
+    let found = read_together(&mut connection, store_id, by_barcode, &[value]).await?;
+    Ok(found.into_iter().next().map(|(_, product)| product))
 }

@@ -35,23 +35,6 @@ pub const SELECT_PRODUCT_BY_ID: &str = "
            p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
     FROM products p WHERE p.id = $1";
 
-/// `$1` = store, `$2` = external id.
-pub const SELECT_PRODUCT_BY_EXTERNAL_ID: &str = "
-    SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price::text AS price, p.name,
-           p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
-           p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
-           p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
-    FROM products p WHERE p.store_id = $1 AND p.external_id = $2";
-
-/// `$1` = store, `$2` = barcode.
-pub const SELECT_PRODUCT_BY_BARCODE: &str = "
-    SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price::text AS price, p.name,
-           p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
-           p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
-           p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
-    FROM product_barcodes b JOIN products p ON p.store_id = b.store_id AND p.id = b.product_id
-    WHERE b.store_id = $1 AND b.barcode = $2";
-
 /// How many keys a gathered product read binds: a batch is padded up to the next of these
 /// (repeating its last key). An array of unknown length (`= ANY($2)`) makes PostgreSQL plan
 /// every execution anew, for more than the read itself costs; a list of a fixed number of
