@@ -36,10 +36,11 @@ pub const SELECT_PRODUCT_BY_ID: &str = "
     FROM products p WHERE p.id = $1";
 
 /// How many keys a gathered product read binds: a batch is padded up to the next of these
-/// (repeating its last key). An array of unknown length (`= ANY($2)`) makes PostgreSQL plan
-/// every execution anew, for more than the read itself costs; a list of a fixed number of
-/// parameters gets a generic plan after a few executions, as a single-key read does.
-pub const GATHERED_READ_SIZES: [usize; 4] = [1, 4, 16, 64];
+/// with the empty key, which no product has (so padding finds no row to send). An array
+/// of unknown length (`= ANY($2)`) makes PostgreSQL plan every execution anew, for more
+/// than the read itself costs; a list of a fixed number of parameters gets a generic plan
+/// after a few executions, as a single-key read does.
+pub const GATHERED_READ_SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
 /// `$1` = store, `$2`… = as many external ids as the statement's size; `found_by` = the
 /// external id.
