@@ -48,8 +48,11 @@ impl Server {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG")
-                    .unwrap_or_else(|_| "warn,inventory_sync=info".to_owned()),
+                // The service's own info lines stay on: `listen=` is among them.
+                match std::env::var("BENCH_SERVER_LOG") {
+                    Ok(more) => format!("warn,inventory_sync=info,{more}"),
+                    Err(_) => "warn,inventory_sync=info".to_owned(),
+                },
             );
         spawn_listening(&mut command)
     }
