@@ -84,6 +84,23 @@ backend_tests! {
         assert_eq!(list(&mut client, STORE).await, before);
     }
 
+    async fn a_stored_external_id_twice_in_a_re_sync_is_refused(server) {
+        // PostgreSQL groups only the new products' external ids unless a stored product
+        // was found twice while staging; here one is, and the repeat is found.
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        let status = sync(
+            &mut client,
+            header(STORE),
+            vec![stocked("kept", 1), stocked("other", 1), stocked("new", 1), stocked("kept", 2)],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&status), ["products[3].external_id"]);
+        assert!(status.message().contains("products[0]"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+    }
+
     async fn repeats_in_the_first_sync_of_a_store_are_refused_the_same_way(server) {
         // The store has no products, so the merge lets the live tables' unique keys find
         // the repeats; the answer and the untouched store must not differ.

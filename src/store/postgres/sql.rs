@@ -397,16 +397,41 @@ fn differs(staged: &str, stored: &str) -> String {
 
 /// Later products of the batch whose external id an earlier product already used.
 /// Grouped rather than probed per row, so no staging index is needed for it.
-pub const DUPLICATE_EXTERNAL_IDS: &str = "
-    SELECT s.idx, s.external_id, repeated.first_idx
-    FROM staged_products s
-    JOIN (SELECT external_id, MIN(idx) AS first_idx
-          FROM staged_products
-          GROUP BY external_id
-          HAVING COUNT(*) > 1) AS repeated ON repeated.external_id = s.external_id
-    WHERE NOT s.skipped AND s.idx > repeated.first_idx
-    ORDER BY s.idx
-    LIMIT $1";
+pub static DUPLICATE_EXTERNAL_IDS: LazyLock<String> =
+    LazyLock::new(|| repeated_external_ids("staged_products"));
+
+/// [`DUPLICATE_EXTERNAL_IDS`] when every product was looked up and no stored product was
+/// found twice: then an external id sent twice was sent at least once by a product not
+/// found (two products found by one external id are one stored product, since a stored
+/// product's external id never changes), so only those external ids are grouped. In a
+/// re-sync that creates nothing, nothing is.
+pub static DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH candidates AS (
+             SELECT s.idx, s.external_id, s.skipped
+             FROM staged_products s
+             WHERE s.external_id IN (SELECT n.external_id FROM staged_products n
+                                     WHERE n.product_id IS NULL))
+         {}",
+        repeated_external_ids("candidates")
+    )
+});
+
+/// The later rows of `rows` (staged products, or some of them) whose external id an
+/// earlier row of `rows` has.
+fn repeated_external_ids(rows: &str) -> String {
+    format!(
+        "SELECT s.idx, s.external_id, repeated.first_idx
+         FROM {rows} s
+         JOIN (SELECT external_id, MIN(idx) AS first_idx
+               FROM {rows}
+               GROUP BY external_id
+               HAVING COUNT(*) > 1) AS repeated ON repeated.external_id = s.external_id
+         WHERE NOT s.skipped AND s.idx > repeated.first_idx
+         ORDER BY s.idx
+         LIMIT $1"
+    )
+}
 
 /// Later products of the batch that carry a barcode an earlier product already carries.
 pub const BARCODES_SHARED_IN_BATCH: &str = "

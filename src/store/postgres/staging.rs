@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use roaring::RoaringTreemap;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgPool, Postgres};
 
@@ -50,6 +51,26 @@ pub(super) struct PostgresStaging {
     pub(super) checked: bool,
     /// Products staged.
     pub(super) staged: u64,
+    /// The stored products the lookups found.
+    found: FoundProducts,
+}
+
+/// The stored products a sync's lookups found, kept to tell whether one was found twice.
+#[derive(Default)]
+struct FoundProducts {
+    /// A compressed bitmap: a million ids take a few hundred KiB.
+    ids: RoaringTreemap,
+    found_twice: bool,
+}
+
+impl FoundProducts {
+    fn note(&mut self, matches: &[Option<StoredMatch>]) {
+        for found in matches.iter().flatten() {
+            let first_time =
+                u64::try_from(found.product_id).is_ok_and(|product_id| self.ids.insert(product_id));
+            self.found_twice |= !first_time;
+        }
+    }
 }
 
 impl PostgresStaging {
@@ -76,6 +97,7 @@ impl PostgresStaging {
                 checks_prepared: false,
                 checked: false,
                 staged: 0,
+                found: FoundProducts::default(),
             })
         }
         .await
@@ -155,6 +177,7 @@ impl PostgresStaging {
                 }
                 vec![None; batch.len()]
             });
+            self.found.note(&matches);
             copy.send(copy_rows(&batch, &matches).buffer.into_bytes())
                 .await?;
             self.staged += batch.len() as u64;
@@ -164,6 +187,7 @@ impl PostgresStaging {
             }
         }
         copy.finish().await?;
+        self.found.ids.clear();
         if self.staged >= STATISTICS_FROM {
             sqlx::raw_sql(sql::ANALYZE_STAGED_PRODUCTS)
                 .execute(&mut *self.connection)
@@ -211,7 +235,13 @@ impl PostgresStaging {
         limit: usize,
     ) -> Result<Vec<BatchConflict>, sqlx::Error> {
         self.prepare_checks().await?;
-        let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
+        // `target.look_up` is still on only if every batch was looked up.
+        let statement = if self.target.look_up && !self.found.found_twice {
+            sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS.as_str()
+        } else {
+            sql::DUPLICATE_EXTERNAL_IDS.as_str()
+        };
+        let duplicates = sqlx::query_as(statement)
             .bind(sql_limit(limit))
             .fetch_all(&mut *self.connection)
             .await?;
