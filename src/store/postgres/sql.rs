@@ -570,9 +570,10 @@ pub const EXTERNAL_IDS_OF_OTHER_PRODUCTS: &str = "
     ORDER BY s.idx
     LIMIT $2";
 
-/// The store's products in stock before the sync: the base of the mass-clear guard.
-pub const COUNT_IN_STOCK: &str =
-    "SELECT COUNT(*) FROM products WHERE store_id = $1 AND in_stock > 0";
+/// The store's products in stock before the sync (the base of the mass-clear guard), and
+/// all its products (in the same pass).
+pub const COUNT_IN_STOCK_AND_ALL: &str =
+    "SELECT COUNT(*) FILTER (WHERE in_stock > 0), COUNT(*) FROM products WHERE store_id = $1";
 
 /// Barcode sync: matched products without an external id that get one now.
 pub const COUNT_LINKS: &str = "

@@ -54,15 +54,19 @@ pub(super) struct PostgresStaging {
     /// Products staged.
     pub(super) staged: u64,
     /// The stored products the lookups found.
-    found: FoundProducts,
+    pub(super) found: FoundProducts,
 }
 
-/// The stored products a sync's lookups found, kept to tell whether one was found twice.
+/// The stored products a sync's lookups found: whether one was found twice (see
+/// `find_batch_conflicts`), and how many (see the clear in `merge.rs`).
 #[derive(Default)]
-struct FoundProducts {
-    /// A compressed bitmap: a million ids take a few hundred KiB.
+pub(super) struct FoundProducts {
+    /// A compressed bitmap: a million ids take a few hundred KiB. Emptied once the upload
+    /// ends.
     ids: RoaringTreemap,
-    found_twice: bool,
+    pub(super) found_twice: bool,
+    /// Distinct stored products found.
+    pub(super) count: u64,
 }
 
 impl FoundProducts {
@@ -72,6 +76,7 @@ impl FoundProducts {
                 u64::try_from(found.product_id).is_ok_and(|product_id| self.ids.insert(product_id));
             self.found_twice |= !first_time;
         }
+        self.count = self.ids.len();
     }
 }
 
