@@ -1,12 +1,12 @@
 //! Spotting, while a sync uploads, the products it sends exactly as they are stored.
 //!
 //! Most of a periodic re-sync repeats what is stored. An external-id sync of a store that
-//! has products looks up each batch's stored products as it stages the batch, and stages
-//! each product with the id it resolves to and whether it would change anything. The merge
-//! then leaves the unchanged ones out of every check and write, instead of joining a whole
-//! store's rows to find that nothing differs. SQLite compares in the staging INSERT itself
-//! (`sqlite::sql::differs`, checked against the rule below by a test); PostgreSQL stages
-//! through `COPY`, which cannot join, so the rule below runs on the rows a lookup returns.
+//! has products looks up each batch's stored products as it stages the batch (on other
+//! connections, while the batch before is written), and stages each product with the id it
+//! resolves to and whether it would change anything, by the rule below. The merge then
+//! leaves the unchanged ones out of every check and write, instead of joining a whole
+//! store's rows to find that nothing differs. The merge's own test for a changed row is SQL
+//! (each backend's `differs`); a property test holds SQLite's to the rule below.
 //!
 //! The marks hold only while no other sync writes to the store. Staging reads the store's
 //! `sync_generation` before its first lookup; the merge reads it again under the store's
@@ -15,8 +15,10 @@
 
 use std::collections::HashMap;
 
+use roaring::RoaringTreemap;
+
 use super::StagedProduct;
-use crate::product::{Barcodes, ProductChange, SyncKey};
+use crate::product::{ProductChange, SyncKey};
 
 /// The store a staging area stages for, and what it resolves while staging.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +46,15 @@ impl StagingTarget {
                 resolved_at: None,
                 look_up: false,
             },
+        }
+    }
+
+    /// Staging goes on without lookups (none can be made, or one failed): nothing staged
+    /// is resolved or marked as of a generation, so the merge resolves every product.
+    pub fn without_lookups(&mut self) {
+        if self.look_up {
+            self.look_up = false;
+            self.resolved_at = None;
         }
     }
 
@@ -88,32 +99,114 @@ pub(super) struct StoredMatch {
     pub barcodes_kept: bool,
 }
 
+/// A stored product's fields as `is_unchanged` compares them, borrowed from wherever they
+/// were read (a decoded row, or SQLite's own row buffer).
+#[derive(Debug, Clone, Copy)]
+pub(in crate::store) struct StoredView<'a> {
+    pub external_id: Option<&'a str>,
+    /// Sorted barcodes joined by single spaces, as stored.
+    pub barcodes: Option<&'a str>,
+    pub in_stock: Option<i64>,
+    pub price: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub unit_size: Option<&'a str>,
+    pub abv: Option<f64>,
+    pub proof: Option<f64>,
+    pub category: i32,
+}
+
+impl StoredFields {
+    pub fn view(&self) -> StoredView<'_> {
+        StoredView {
+            external_id: self.external_id.as_deref(),
+            barcodes: self.barcodes.as_deref(),
+            in_stock: self.in_stock,
+            price: self.price.as_deref(),
+            name: self.name.as_deref(),
+            unit_size: self.unit_size.as_deref(),
+            abv: self.abv,
+            proof: self.proof,
+            category: self.category,
+        }
+    }
+}
+
 /// Whether writing `change` over `stored` changes nothing. This is the negation of the
 /// merge's test for a changed row (`update_changed_products`): a field the POS leaves out
 /// changes nothing, and a sent field changes the row when it differs from the stored one.
-pub(in crate::store) fn is_unchanged(change: &ProductChange, stored: &StoredFields) -> bool {
+pub(in crate::store) fn is_unchanged(change: &ProductChange, stored: &StoredView<'_>) -> bool {
     fn same<T: PartialEq>(sent: Option<T>, stored: Option<T>) -> bool {
         sent.is_none() || sent == stored
     }
     let gains_external_id = change.external_id.is_some() && stored.external_id.is_none();
     !gains_external_id
-        && same(
-            change.barcodes.as_ref().map(|barcodes| barcodes.joined()),
-            stored.barcodes.clone(),
-        )
+        && change.barcodes.as_ref().is_none_or(|barcodes| {
+            stored
+                .barcodes
+                .is_some_and(|joined| barcodes.is_joined(joined))
+        })
         && same(change.in_stock, stored.in_stock)
         && same(
             change.price.as_ref().map(|price| price.as_str()),
-            stored.price.as_deref(),
+            stored.price,
         )
-        && same(change.name.as_deref(), stored.name.as_deref())
-        && same(change.unit_size.as_deref(), stored.unit_size.as_deref())
+        && same(change.name.as_deref(), stored.name)
+        && same(change.unit_size.as_deref(), stored.unit_size)
         && same(change.abv, stored.abv)
         && same(change.proof, stored.proof)
         && same(
             change.category.map(|category| category.code()),
             Some(stored.category),
         )
+}
+
+/// What staging learned of a sent product from the stored one with its external id.
+pub(in crate::store) fn stored_match(
+    product: &StagedProduct,
+    product_id: i64,
+    stored: &StoredView<'_>,
+) -> StoredMatch {
+    // A skipped product writes nothing anyway; leave it to the usual path.
+    let barcodes_kept = !product.skipped
+        && product.change.barcodes.as_ref().is_some_and(|barcodes| {
+            stored
+                .barcodes
+                .is_some_and(|joined| barcodes.is_joined(joined))
+        });
+    StoredMatch {
+        product_id,
+        unchanged: !product.skipped && is_unchanged(&product.change, stored),
+        barcodes_kept,
+    }
+}
+
+/// The stored products a sync's lookups found: whether one was found twice (then the check
+/// for repeated external ids must group every staged product), and how many (when that is
+/// every product of the store, a clear has nothing to do).
+#[derive(Default)]
+pub(in crate::store) struct FoundProducts {
+    /// A compressed bitmap: a million ids take a few hundred KiB. Emptied once the upload
+    /// ends.
+    ids: RoaringTreemap,
+    pub found_twice: bool,
+    /// Distinct stored products found.
+    pub count: u64,
+}
+
+impl FoundProducts {
+    pub fn note(&mut self, matches: &[Option<StoredMatch>]) {
+        for found in matches.iter().flatten() {
+            let first_time =
+                u64::try_from(found.product_id).is_ok_and(|product_id| self.ids.insert(product_id));
+            self.found_twice |= !first_time;
+        }
+        self.count = self.ids.len();
+    }
+
+    /// Frees the ids once the upload is over; the flag and the count stay.
+    pub fn forget_ids(&mut self) {
+        self.ids.clear();
+    }
 }
 
 /// Matches each product of a batch with the stored product of its external id, given the
@@ -130,15 +223,7 @@ pub(super) fn match_batch(
         .iter()
         .map(|product| {
             let stored = by_external_id.get(product.change.external_id.as_ref()?)?;
-            // A skipped product writes nothing anyway; leave it to the usual path.
-            let sent_barcodes = product.change.barcodes.as_ref().map(Barcodes::joined);
-            Some(StoredMatch {
-                product_id: stored.id,
-                unchanged: !product.skipped && is_unchanged(&product.change, stored),
-                barcodes_kept: !product.skipped
-                    && sent_barcodes.is_some()
-                    && sent_barcodes == stored.barcodes,
-            })
+            Some(stored_match(product, stored.id, &stored.view()))
         })
         .collect()
 }
@@ -187,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_product_sent_as_stored_is_unchanged() {
-        assert!(is_unchanged(&same_as_stored(), &stored()));
+        assert!(is_unchanged(&same_as_stored(), &stored().view()));
     }
 
     #[test]
@@ -203,7 +288,7 @@ mod tests {
             proof: None,
             category: None,
         };
-        assert!(is_unchanged(&change, &stored()));
+        assert!(is_unchanged(&change, &stored().view()));
     }
 
     #[test]
@@ -223,7 +308,7 @@ mod tests {
         for (n, change_field) in changes.iter().enumerate() {
             let mut change = same_as_stored();
             change_field(&mut change);
-            assert!(!is_unchanged(&change, &stored()), "change {n}");
+            assert!(!is_unchanged(&change, &stored().view()), "change {n}");
         }
     }
 
@@ -231,7 +316,7 @@ mod tests {
     fn a_stored_product_without_an_external_id_gains_one() {
         let mut stored = stored();
         stored.external_id = None;
-        assert!(!is_unchanged(&same_as_stored(), &stored));
+        assert!(!is_unchanged(&same_as_stored(), &stored.view()));
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use roaring::RoaringTreemap;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgPool, Postgres};
 
@@ -18,7 +17,7 @@ use super::merge::skip_staged_product;
 use super::sql;
 use crate::product::SyncKey;
 use crate::store::merge::{Attempt, SKIP_ROUND, batch_conflicts_from_rows, one_per_product};
-use crate::store::unchanged::{self, StagingTarget, StoredFields, StoredMatch};
+use crate::store::unchanged::{self, FoundProducts, StagingTarget, StoredFields, StoredMatch};
 use crate::store::{
     BatchConflict, During, MergeOutcome, MergeRequest, StagedProduct, Staging, StoreError,
     sql_limit,
@@ -55,29 +54,6 @@ pub(super) struct PostgresStaging {
     pub(super) staged: u64,
     /// The stored products the lookups found.
     pub(super) found: FoundProducts,
-}
-
-/// The stored products a sync's lookups found: whether one was found twice (see
-/// `find_batch_conflicts`), and how many (see the clear in `merge.rs`).
-#[derive(Default)]
-pub(super) struct FoundProducts {
-    /// A compressed bitmap: a million ids take a few hundred KiB. Emptied once the upload
-    /// ends.
-    ids: RoaringTreemap,
-    pub(super) found_twice: bool,
-    /// Distinct stored products found.
-    pub(super) count: u64,
-}
-
-impl FoundProducts {
-    fn note(&mut self, matches: &[Option<StoredMatch>]) {
-        for found in matches.iter().flatten() {
-            let first_time =
-                u64::try_from(found.product_id).is_ok_and(|product_id| self.ids.insert(product_id));
-            self.found_twice |= !first_time;
-        }
-        self.count = self.ids.len();
-    }
 }
 
 impl PostgresStaging {
@@ -179,8 +155,7 @@ impl PostgresStaging {
             let matches = matches.unwrap_or_else(|| {
                 if self.target.look_up {
                     tracing::warn!("no database connection free for lookups; staging without them");
-                    self.target.look_up = false;
-                    self.target.resolved_at = None;
+                    self.target.without_lookups();
                 }
                 vec![None; batch.len()]
             });
@@ -194,7 +169,7 @@ impl PostgresStaging {
             }
         }
         copy.finish().await?;
-        self.found.ids.clear();
+        self.found.forget_ids();
         if self.staged >= STATISTICS_FROM {
             sqlx::raw_sql(sql::ANALYZE_STAGED_PRODUCTS)
                 .execute(&mut *self.connection)

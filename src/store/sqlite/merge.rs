@@ -142,14 +142,21 @@ impl SqliteStaging {
             skipped.extend(conflicts);
         }
 
-        let in_stock_before: i64 = if request.clear {
-            sqlx::query_scalar(sql::COUNT_IN_STOCK)
+        let (in_stock_before, store_products): (i64, i64) = if request.clear {
+            sqlx::query_as(sql::COUNT_IN_STOCK_AND_ALL)
                 .bind(store_id)
                 .fetch_one(&mut *tx)
                 .await?
         } else {
-            0
+            (0, 0)
         };
+        // Every batch was looked up while no other sync wrote to the store, so the store
+        // holds the same products as then; if the lookups found as many distinct products
+        // as it holds, every one of them is listed and the clear has nothing to do (a
+        // full-inventory push with clear, the usual case, spares a pass over the store).
+        let everything_listed = self.target.look_up
+            && self.target.marks_hold(generation)
+            && u64::try_from(store_products).is_ok_and(|count| count == self.found.count);
         let linked: i64 = if by_barcode {
             sqlx::query_scalar(sql::COUNT_LINKS)
                 .bind(store_id)
@@ -178,7 +185,7 @@ impl SqliteStaging {
         };
         // The clear runs before new products exist, so it needs to tell apart only the
         // listed stored products (those resolved) from the unlisted ones.
-        let cleared = if request.clear {
+        let cleared = if request.clear && !everything_listed {
             sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS)
                 .bind(store_id)
                 .bind(request.now)

@@ -15,6 +15,7 @@ mod tokens;
 mod unchanged_rule_test;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,7 +38,7 @@ pub(super) struct SqliteBackend {
     pool: SqlitePool,
     /// Point reads on the caller's thread; none for a database in memory, which only the
     /// pool's connections share.
-    point_reads: Option<PointReads>,
+    point_reads: Option<Arc<PointReads>>,
 }
 
 impl SqliteBackend {
@@ -70,8 +71,11 @@ impl SqliteBackend {
         }
         drop(migrations_lock);
         staging::HeapShare::adjust(0);
-        let point_reads = (!is_in_memory(url))
-            .then(|| PointReads::new(pool.connect_options().get_filename().to_owned()));
+        let point_reads = (!is_in_memory(url)).then(|| {
+            Arc::new(PointReads::new(
+                pool.connect_options().get_filename().to_owned(),
+            ))
+        });
         Ok(SqliteBackend { pool, point_reads })
     }
 }
@@ -126,7 +130,7 @@ impl SyncStore for SqliteBackend {
         key: SyncKey,
     ) -> Result<Box<dyn Staging>, StoreError> {
         Ok(Box::new(
-            SqliteStaging::open(&self.pool, store_id, key).await?,
+            SqliteStaging::open(&self.pool, self.point_reads.as_ref(), store_id, key).await?,
         ))
     }
 }

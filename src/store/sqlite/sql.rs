@@ -258,35 +258,20 @@ pub const INSERT_STAGED_PRODUCTS: &str = "INSERT INTO staged_products (idx, exte
 /// Followed by barcode rows as `VALUES`.
 pub const INSERT_STAGED_BARCODES: &str = "INSERT INTO staged_barcodes (idx, barcode) ";
 
-/// A batch of a store that has products is joined with them as it is inserted:
-/// `STAGE_COMPARED_BATCH` + the rows as `VALUES` + [`STAGE_COMPARED`] + the bound store id.
-/// Each row gets the id of the stored product with its external id and whether it would
-/// change nothing.
-pub const STAGE_COMPARED_BATCH: &str = "WITH batch (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped) AS (";
-
-pub static STAGE_COMPARED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        ")
-         INSERT INTO staged_products (idx, external_id, barcodes, in_stock, price, name,
-                                      unit_size, abv, proof, category, skipped, product_id,
-                                      unchanged)
-         SELECT s.idx, s.external_id, s.barcodes, s.in_stock, s.price, s.name,
-                s.unit_size, s.abv, s.proof, s.category, s.skipped, p.id,
-                p.id IS NOT NULL AND NOT s.skipped AND NOT {differs}
-         FROM batch s
-         LEFT JOIN products p ON p.external_id = s.external_id AND p.store_id = ",
-        differs = differs("s", "p"),
-    )
-});
+/// The fields of a stored product that a sync compares, by the product's external id:
+/// `$1` = store, `$2` = external id. Columns as `unchanged::StoredView`, id first.
+pub const SELECT_STORED_FIELDS: &str = "
+    SELECT id, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category
+    FROM products WHERE store_id = $1 AND external_id = $2";
 
 /// Splits the barcode lists of staged products into `staged_barcodes`, for the products
 /// that meet a condition written between these two (`barcodes` is the space-separated list
 /// the product was staged with).
-pub const SPLIT_STAGED_BARCODES_OF: &str = "
+const SPLIT_STAGED_BARCODES_OF: &str = "
     WITH RECURSIVE split (idx, barcode, rest) AS (
         SELECT idx, '', barcodes || ' ' FROM staged_products
         WHERE barcodes IS NOT NULL AND ";
-pub const SPLIT_STAGED_BARCODES_END: &str = "
+const SPLIT_STAGED_BARCODES_END: &str = "
         UNION ALL
         SELECT idx, substr(rest, 1, instr(rest, ' ') - 1), substr(rest, instr(rest, ' ') + 1)
         FROM split WHERE rest <> '')
@@ -331,16 +316,41 @@ pub fn differs(staged: &str, stored: &str) -> String {
 
 /// Later products of the batch whose external id an earlier product already used.
 /// Grouped rather than probed per row, so no staging index is needed for it.
-pub const DUPLICATE_EXTERNAL_IDS: &str = "
-    SELECT s.idx, s.external_id, repeated.first_idx
-    FROM staged_products s
-    JOIN (SELECT external_id, MIN(idx) AS first_idx
-          FROM staged_products
-          GROUP BY external_id
-          HAVING COUNT(*) > 1) AS repeated ON repeated.external_id = s.external_id
-    WHERE NOT s.skipped AND s.idx > repeated.first_idx
-    ORDER BY s.idx
-    LIMIT $1";
+pub static DUPLICATE_EXTERNAL_IDS: LazyLock<String> =
+    LazyLock::new(|| repeated_external_ids("staged_products"));
+
+/// As [`DUPLICATE_EXTERNAL_IDS`], when every batch was looked up and no stored product was
+/// found twice: then an external id sent twice was sent at least once by a product not
+/// found (two products found by one external id are one stored product, since a stored
+/// product's external id never changes), so only those external ids are grouped. In a
+/// re-sync that creates nothing, nothing is.
+pub static DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH candidates AS (
+             SELECT s.idx, s.external_id, s.skipped
+             FROM staged_products s
+             WHERE s.external_id IN (SELECT n.external_id FROM staged_products n
+                                     WHERE n.product_id IS NULL))
+         {}",
+        repeated_external_ids("candidates")
+    )
+});
+
+/// The later rows of `rows` (staged products, or some of them) whose external id an
+/// earlier row of `rows` has.
+fn repeated_external_ids(rows: &str) -> String {
+    format!(
+        "SELECT s.idx, s.external_id, repeated.first_idx
+         FROM {rows} s
+         JOIN (SELECT external_id, MIN(idx) AS first_idx
+               FROM {rows}
+               GROUP BY external_id
+               HAVING COUNT(*) > 1) AS repeated ON repeated.external_id = s.external_id
+         WHERE NOT s.skipped AND s.idx > repeated.first_idx
+         ORDER BY s.idx
+         LIMIT $1"
+    )
+}
 
 /// Later products of the batch that carry a barcode an earlier product already carries.
 pub const BARCODES_SHARED_IN_BATCH: &str = "
@@ -479,9 +489,10 @@ pub const EXTERNAL_IDS_OF_OTHER_PRODUCTS: &str = "
     ORDER BY s.idx
     LIMIT $2";
 
-/// The store's products in stock before the sync: the base of the mass-clear guard.
-pub const COUNT_IN_STOCK: &str =
-    "SELECT COUNT(*) FROM products WHERE store_id = $1 AND in_stock > 0";
+/// The store's products in stock before the sync (the base of the mass-clear guard), and
+/// all its products (in the same pass).
+pub const COUNT_IN_STOCK_AND_ALL: &str =
+    "SELECT COUNT(*) FILTER (WHERE in_stock > 0), COUNT(*) FROM products WHERE store_id = $1";
 
 /// Barcode sync: matched products without an external id that get one now.
 pub const COUNT_LINKS: &str = "

@@ -1,19 +1,25 @@
 //! A sync on SQLite: its products are staged into temporary tables of its own connection
-//! as they arrive, checked there, and merged into the live tables in one transaction that
-//! holds the write lock (see `sql.rs` for each statement).
+//! as they arrive (each batch with what a lookup of its stored products found), checked
+//! there, and merged into the live tables in one transaction that holds the write lock
+//! (see `sql.rs` for each statement).
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::merge::skip_staged_product;
+use super::point_reads::{BatchLookups, PointReads};
 use super::sql;
 use crate::product::{Barcodes, Price, SyncKey};
 use crate::store::merge::{Attempt, SKIP_ROUND, batch_conflicts_from_rows, one_per_product};
-use crate::store::unchanged::StagingTarget;
+use crate::store::unchanged::{FoundProducts, StagingTarget, StoredMatch};
 use crate::store::{
     BatchConflict, During, MergeOutcome, MergeRequest, StagedProduct, Staging, StoreError,
     sql_limit,
@@ -24,6 +30,26 @@ use crate::store::{
 const PRODUCTS_PER_INSERT: usize = 1_000;
 /// Barcodes per INSERT while staging; 2 parameters each.
 const BARCODES_PER_INSERT: usize = 2_000;
+/// Batches prepared (looked up and bound) ahead of the one being written.
+const BATCHES_AHEAD: usize = 2;
+/// The size from which a batch is prepared on a thread of the blocking pool.
+const PREPARED_ELSEWHERE_FROM: usize = 100;
+
+/// Batches prepared at once in the process. Each keeps a thread busy for a millisecond or
+/// two; more than one per core would only queue on the cores, each holding a connection.
+static PREPARE_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+});
+
+/// A batch ready to be written: its statements, what its lookup found (`None` if it was
+/// not looked up), and what it adds to the stream staged.
+struct PreparedBatch {
+    statements: QueryBuilder<Sqlite>,
+    matches: Option<Vec<Option<StoredMatch>>>,
+    stream: StagedStream,
+    looking_up: Duration,
+    binding: Duration,
+}
 
 /// SQLite's heap (page caches, sorters) is one pool for every connection of the process,
 /// and a connection's cache grows into whatever the others leave unused: without a limit a
@@ -82,12 +108,18 @@ pub(super) struct StagedStream {
 }
 
 impl StagedStream {
-    fn add(&mut self, batch: &[StagedProduct]) {
-        self.products += batch.len() as u64;
-        if let Some(last) = batch.last() {
-            self.end = self.end.max(last.index + 1);
+    fn of(batch: &[StagedProduct]) -> Self {
+        StagedStream {
+            products: batch.len() as u64,
+            end: batch.last().map_or(0, |last| last.index + 1),
+            skipped: batch.iter().any(|product| product.skipped),
         }
-        self.skipped |= batch.iter().any(|product| product.skipped);
+    }
+
+    fn add(&mut self, batch: StagedStream) {
+        self.products += batch.products;
+        self.end = self.end.max(batch.end);
+        self.skipped |= batch.skipped;
     }
 
     /// Records that staged products were skipped after staging (for conflicts).
@@ -102,21 +134,26 @@ impl StagedStream {
     }
 }
 
-/// The staging area of one sync on SQLite. Lookups share the staging connection: reading
-/// the live file next to the temporary one costs no lock that matters in WAL mode.
+/// The staging area of one sync on SQLite.
 pub(super) struct SqliteStaging {
     pub(super) connection: PoolConnection<Sqlite>,
+    /// Where each batch's stored products are looked up while the batch before is written;
+    /// none for a database in memory.
+    lookups: Option<Arc<BatchLookups>>,
     pub(super) target: StagingTarget,
     /// Whether the batch was checked for repeats of an external id or a barcode.
     pub(super) checked: bool,
     /// What was staged, counted as it was.
     pub(super) staged: StagedStream,
+    /// The stored products the lookups found.
+    pub(super) found: FoundProducts,
     _heap: HeapShare,
 }
 
 impl SqliteStaging {
     pub(super) async fn open(
         pool: &SqlitePool,
+        point_reads: Option<&Arc<PointReads>>,
         store_id: i64,
         key: SyncKey,
     ) -> Result<Self, StoreError> {
@@ -131,11 +168,20 @@ impl SqliteStaging {
                 .fetch_optional(&mut *connection)
                 .await?
                 .unwrap_or((0, false));
+            let mut target = StagingTarget::new(store_id, key, generation, has_products);
+            let lookups = point_reads
+                .filter(|_| target.look_up)
+                .map(|reads| Arc::new(reads.batch_lookups()));
+            if lookups.is_none() {
+                target.without_lookups();
+            }
             Ok(SqliteStaging {
                 connection,
-                target: StagingTarget::new(store_id, key, generation, has_products),
+                lookups,
+                target,
                 checked: false,
                 staged: StagedStream::default(),
+                found: FoundProducts::default(),
                 _heap: HeapShare::claim(),
             })
         }
@@ -154,11 +200,39 @@ impl SqliteStaging {
         Ok(())
     }
 
+    /// Looks up a batch's stored products (with `lookups`) and binds its statements, on a
+    /// thread of the blocking pool: the part of staging that runs beside SQLite's own work
+    /// on the batch before. A small batch is prepared on the spot: handing it over would
+    /// cost more than preparing it.
+    async fn prepare(
+        lookups: Option<Arc<BatchLookups>>,
+        store_id: i64,
+        batch: Vec<StagedProduct>,
+    ) -> PreparedBatch {
+        if batch.len() < PREPARED_ELSEWHERE_FROM {
+            return prepare_batch(lookups.as_deref(), store_id, batch);
+        }
+        let _slot = PREPARE_SLOTS
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let prepared =
+            tokio::task::spawn_blocking(move || prepare_batch(lookups.as_deref(), store_id, batch))
+                .await;
+        prepared.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+    }
+
     async fn find_batch_conflicts(
         &mut self,
         limit: usize,
     ) -> Result<Vec<BatchConflict>, sqlx::Error> {
-        let duplicates = sqlx::query_as(sql::DUPLICATE_EXTERNAL_IDS)
+        // `target.look_up` is still on only if every batch was looked up.
+        let statement = if self.target.look_up && !self.found.found_twice {
+            sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS.as_str()
+        } else {
+            sql::DUPLICATE_EXTERNAL_IDS.as_str()
+        };
+        let duplicates = sqlx::query_as(statement)
             .bind(sql_limit(limit))
             .fetch_all(&mut *self.connection)
             .await?;
@@ -173,39 +247,70 @@ impl SqliteStaging {
 
 #[async_trait]
 impl Staging for SqliteStaging {
-    /// Binding a batch's values costs about as much as SQLite's own work on them, and that
-    /// work runs on the connection's thread: this task binds the next batch while that
-    /// thread writes the one before.
+    /// Looking up and binding a batch's values cost about as much as SQLite's own work on
+    /// them, and that work runs on the connection's thread: the next batches are prepared
+    /// on other threads while that thread writes the one before.
     async fn stage_all(
         &mut self,
-        mut batches: BoxStream<'_, Vec<StagedProduct>>,
+        batches: BoxStream<'_, Vec<StagedProduct>>,
     ) -> Result<(), StoreError> {
-        let target = self.target;
-        let staged = &mut self.staged;
+        let SqliteStaging {
+            connection,
+            lookups,
+            target,
+            staged,
+            found,
+            ..
+        } = self;
+        let store_id = target.store_id;
+        let lookups = lookups.clone().filter(|_| target.look_up);
+        let prepared = batches
+            .filter(|batch| std::future::ready(!batch.is_empty()))
+            .map(|batch| Self::prepare(lookups.clone(), store_id, batch))
+            .buffered(BATCHES_AHEAD);
+        let started = Instant::now();
         let (bound, mut to_write) = mpsc::channel(1);
         let bind = async move {
-            while let Some(batch) = batches.next().await {
-                if batch.is_empty() {
-                    continue;
+            let (mut looking_up, mut binding) = (Duration::ZERO, Duration::ZERO);
+            let mut prepared = std::pin::pin!(prepared);
+            while let Some(batch) = prepared.next().await {
+                match &batch.matches {
+                    Some(matches) => found.note(matches),
+                    None => target.without_lookups(),
                 }
-                staged.add(&batch);
-                if bound.send(bind_batch(batch, &target)).await.is_err() {
+                staged.add(batch.stream);
+                looking_up += batch.looking_up;
+                binding += batch.binding;
+                if bound.send(batch.statements).await.is_err() {
                     // The writer failed; it reports why.
                     break;
                 }
             }
-            Ok(())
+            found.forget_ids();
+            Ok((looking_up, binding, staged.products))
         };
-        let connection = &mut *self.connection;
+        let connection = &mut **connection;
         let write = async {
+            let mut writing = Duration::ZERO;
             while let Some(statements) = to_write.recv().await {
+                let started = Instant::now();
                 Self::write_batch(connection, statements).await?;
+                writing += started.elapsed();
             }
-            Ok(())
+            Ok(writing)
         };
-        futures::try_join!(bind, write)
-            .map(|_| ())
-            .during("staging products")
+        let ((looking_up, binding, products), writing) =
+            futures::try_join!(bind, write).during("staging products")?;
+        // Where a slow upload spent its time: each part runs beside the others.
+        tracing::debug!(
+            products,
+            looking_up_ms = looking_up.as_millis(),
+            binding_ms = binding.as_millis(),
+            writing_ms = writing.as_millis(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "products staged"
+        );
+        Ok(())
     }
 
     async fn batch_conflicts(&mut self, limit: usize) -> Result<Vec<BatchConflict>, StoreError> {
@@ -270,28 +375,64 @@ impl Staging for SqliteStaging {
     }
 }
 
-/// The INSERT statements that stage one batch, as one query with its values bound. The
-/// values move from the products into the query: nothing is copied on the way.
-fn bind_batch(products: Vec<StagedProduct>, target: &StagingTarget) -> QueryBuilder<Sqlite> {
-    let compare = target.look_up;
+/// Looks up a batch's stored products (with `lookups`) and binds its statements.
+fn prepare_batch(
+    lookups: Option<&BatchLookups>,
+    store_id: i64,
+    batch: Vec<StagedProduct>,
+) -> PreparedBatch {
+    let started = Instant::now();
+    let matches = match lookups.map(|lookups| lookups.match_batch(store_id, &batch)) {
+        Some(Ok(matches)) => Some(matches),
+        Some(Err(error)) => {
+            // It only saves work: the merge resolves what it did not.
+            tracing::warn!(%error, "a lookup of stored products failed; staging without them");
+            None
+        }
+        None => None,
+    };
+    let looked_up = Instant::now();
+    let stream = StagedStream::of(&batch);
+    let statements = match &matches {
+        Some(matches) => bind_batch(batch, matches),
+        None => {
+            let unmatched = vec![None; batch.len()];
+            bind_batch(batch, &unmatched)
+        }
+    };
+    PreparedBatch {
+        statements,
+        matches,
+        stream,
+        looking_up: looked_up - started,
+        binding: looked_up.elapsed(),
+    }
+}
+
+/// The INSERT statements that stage one batch, as one query with its values bound, each
+/// product with what its lookup found (if any). The values move from the products into the
+/// query: nothing is copied on the way.
+fn bind_batch(
+    products: Vec<StagedProduct>,
+    matches: &[Option<StoredMatch>],
+) -> QueryBuilder<Sqlite> {
     let mut query = QueryBuilder::<Sqlite>::new("");
     let mut barcodes: Vec<(i64, String)> = Vec::new();
-    let first_index = products.first().map(|product| product.index as i64);
     let chunks = products.len().div_ceil(PRODUCTS_PER_INSERT);
-    let mut products = products.into_iter();
+    let mut rows = products.into_iter().zip(matches.iter().copied());
     for _ in 0..chunks {
-        if compare {
-            query.push(sql::STAGE_COMPARED_BATCH);
-        } else {
-            query.push(sql::INSERT_STAGED_PRODUCTS);
-        }
+        query.push(sql::INSERT_STAGED_PRODUCTS);
         query.push_values(
-            products.by_ref().take(PRODUCTS_PER_INSERT),
-            |mut row, product| {
+            rows.by_ref().take(PRODUCTS_PER_INSERT),
+            |mut row, (product, stored)| {
                 let index = product.index as i64;
                 let change = product.change;
+                let unchanged = stored.is_some_and(|stored| stored.unchanged);
                 let joined_barcodes = change.barcodes.as_ref().map(Barcodes::joined);
-                if !compare {
+                // Only changed products take part in the checks (see `unchanged.rs`), and
+                // in a re-sync most are unchanged: theirs stay in the joined list, split
+                // out only should the merge find the marks stale.
+                if !unchanged {
                     barcodes.extend(
                         change
                             .barcodes
@@ -310,32 +451,12 @@ fn bind_batch(products: Vec<StagedProduct>, target: &StagingTarget) -> QueryBuil
                     .push_bind(change.abv)
                     .push_bind(change.proof)
                     .push_bind(change.category.map(|category| category.code()))
-                    .push_bind(product.skipped);
-                if !compare {
-                    row.push_bind(None::<i64>).push_bind(false);
-                }
+                    .push_bind(product.skipped)
+                    .push_bind(stored.map(|stored| stored.product_id))
+                    .push_bind(unchanged);
             },
         );
-        if compare {
-            query
-                .push(sql::STAGE_COMPARED.as_str())
-                .push_bind(target.store_id);
-        }
         query.push(";\n");
-    }
-    if compare {
-        // Only changed products take part in the checks (see `unchanged.rs`), and in a
-        // re-sync most are unchanged: their barcodes are split out of the rows just staged
-        // (every row from the batch's first index on) rather than bound one by one.
-        if let Some(first) = first_index {
-            query
-                .push(sql::SPLIT_STAGED_BARCODES_OF)
-                .push("NOT unchanged AND idx >= ")
-                .push_bind(first)
-                .push(sql::SPLIT_STAGED_BARCODES_END)
-                .push(";\n");
-        }
-        return query;
     }
     let mut barcodes = barcodes.into_iter();
     for _ in 0..barcodes.len().div_ceil(BARCODES_PER_INSERT) {
