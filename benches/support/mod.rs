@@ -41,7 +41,7 @@ impl Server {
                 "--database-url",
                 database_url,
                 "--max-concurrent-syncs",
-                "12",
+                "8",
                 "--sync-queue-timeout",
                 "30m",
             ])

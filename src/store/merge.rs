@@ -1,6 +1,6 @@
-//! The final transaction of a sync, shared by both backends: what it is asked to do, what
-//! it reports, and the steps themselves. The steps are macros because sqlx gives the two
-//! backends' connections no common executor type; each backend expands them once.
+//! The final transaction of a sync, as both backends see it: what it is asked to do, what
+//! it reports, and the conflicts it finds. Each backend runs it with its own SQL
+//! (`sqlite/merge.rs`, `postgres/merge.rs`).
 
 use crate::product::SyncKey;
 
@@ -180,11 +180,13 @@ pub(super) struct StoredConflictRows {
     pub same_stored_product: Vec<(i64, i64)>,
     pub external_id_mismatches: Vec<(i64, String, String)>,
     pub external_ids_of_others: Vec<(i64, String)>,
+    /// The checks of the batch alone, when they run again in the merge.
+    pub batch: Vec<BatchConflict>,
 }
 
 impl StoredConflictRows {
     pub(super) fn into_conflicts(self, limit: usize) -> Vec<BatchConflict> {
-        let mut conflicts = Vec::new();
+        let mut conflicts = self.batch;
         conflicts.extend(self.owned_by_others.into_iter().map(
             |(index, barcode, owner_external_id)| BatchConflict::BarcodeOwnedByStoredProduct {
                 index: position(index),

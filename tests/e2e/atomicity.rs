@@ -106,6 +106,70 @@ backend_tests! {
         assert_eq!(other.created, 2);
     }
 
+    async fn an_overtaken_sync_writes_only_the_fields_it_sent(server) {
+        let mut client = server.client().await;
+        let priced = pb::ProductUpdate { price: Some("5.00".into()), ..stocked("a", 1) };
+        sync(&mut client, header(STORE), vec![priced]).await.unwrap();
+
+        // "a" is sent with its stock only, as stored: unchanged while staging.
+        let meanwhile = pb::ProductUpdate { price: Some("9.99".into()), ..stocked("a", 7) };
+        let overtaken = overtaken_by(
+            &server,
+            [vec![stocked("a", 1)], vec![stocked("c", 1)]],
+            header(STORE),
+            vec![meanwhile],
+        )
+        .await
+        .1
+        .unwrap();
+        assert_eq!((overtaken.created, overtaken.updated, overtaken.unchanged), (1, 1, 0));
+        // Serially: the other sync's price stays, this sync's stock is written over it.
+        let products = list(&mut client, STORE).await;
+        let a = products.iter().find(|product| product.external_id == "a").unwrap();
+        assert_eq!((a.in_stock, a.price.as_deref()), (Some(1), Some("9.99")));
+    }
+
+    async fn an_overtaken_sync_restocks_what_a_clear_took_meanwhile(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![stocked("a", 1), stocked("b", 1)]).await.unwrap();
+
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        let (other, overtaken) = overtaken_by(
+            &server,
+            [vec![stocked("a", 1)], vec![stocked("c", 1)]],
+            clear,
+            vec![stocked("b", 1)],
+        )
+        .await;
+        assert_eq!(other.cleared, 1);
+        let overtaken = overtaken.unwrap();
+        assert_eq!((overtaken.created, overtaken.updated, overtaken.unchanged), (1, 1, 0));
+        assert_eq!(
+            stock(&mut client, STORE).await,
+            [("a".into(), Some(1)), ("b".into(), Some(1)), ("c".into(), Some(1))]
+        );
+    }
+
+    async fn an_overtaken_sync_still_refuses_a_barcode_sent_twice(server) {
+        let mut client = server.client().await;
+        sync(&mut client, header(STORE), vec![coded("p", &["111"], 1)]).await.unwrap();
+
+        // "p" is sent as stored (unchanged while staging), then "n" claims its barcode.
+        let status = overtaken_by(
+            &server,
+            [vec![coded("p", &["111"], 1)], vec![coded("n", &["111"], 1)]],
+            header(STORE),
+            vec![stocked("p", 7)],
+        )
+        .await
+        .1
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(violated_fields(&status), ["products[1].barcodes"]);
+        assert!(status.message().contains("\"111\""), "{}", status.message());
+        assert_eq!(stock(&mut client, STORE).await, [("p".into(), Some(7))]);
+    }
+
     async fn concurrent_syncs_of_different_stores_do_not_touch_each_other(server) {
         let mut tasks = Vec::new();
         for store in 1..=8 {
@@ -174,4 +238,31 @@ async fn sync_overtaken_during_its_upload(server: &TestServer) -> pb::SyncRespon
         ]
     );
     other
+}
+
+/// Streams a sync of store `STORE` in two messages; once the server has both, lets another
+/// sync (`header`, `products`) run and commit, then ends the stream. Returns the other
+/// sync's answer and the first one's.
+async fn overtaken_by(
+    server: &TestServer,
+    [first, second]: [Vec<pb::ProductUpdate>; 2],
+    header: pb::SyncHeader,
+    products: Vec<pb::ProductUpdate>,
+) -> (pb::SyncResponse, Result<pb::SyncResponse, tonic::Status>) {
+    let mut client = server.client().await;
+    let expected = first.len() + second.len();
+    let open = open_sync(&client, crate::support::header(STORE), first).await;
+    open.messages
+        .send(pb::SyncRequest {
+            header: None,
+            products: second,
+        })
+        .await
+        .unwrap();
+    // The worker takes the second message only once the first is staged.
+    server
+        .wait_until(|now| now.products_in_flight >= expected as u64)
+        .await;
+    let other = sync(&mut client, header, products).await.unwrap();
+    (other, open.finish().await)
 }

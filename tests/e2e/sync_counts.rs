@@ -164,6 +164,77 @@ backend_tests! {
         assert_eq!(stock(&mut client, 7).await, [("other-store".into(), Some(9))]);
     }
 
+    async fn a_clear_beside_unchanged_products_clears_exactly_the_ones_left_out(server) {
+        // A re-sync in the stored order, in reverse, and in another order with gaps: the
+        // unchanged products stand apart from the changed ones while staging, and the
+        // clear must still tell every listed product from every unlisted one.
+        let mut client = server.client().await;
+        let all: Vec<_> = (0..40).map(|n| stocked(&format!("p{n}"), 1)).collect();
+        sync(&mut client, header(STORE), all.clone()).await.unwrap();
+        let clear = pb::SyncHeader { clear: true, ..header(STORE) };
+        let left_out = [0, 7, 8, 23, 39];
+        let listed = |order: &mut dyn Iterator<Item = usize>| -> Vec<pb::ProductUpdate> {
+            order.filter(|n| !left_out.contains(n)).map(|n| all[n].clone()).collect()
+        };
+        for order in [
+            listed(&mut (0..40)),
+            listed(&mut (0..40).rev()),
+            listed(&mut (0..40).map(|n| (n * 7) % 40)),
+        ] {
+            sync(&mut client, header(STORE), all.clone()).await.unwrap();
+            let response = sync(&mut client, clear.clone(), order).await.unwrap();
+            assert_eq!((response.unchanged, response.updated, response.cleared), (35, 0, 5));
+        }
+        // Once more with one of them changed.
+        sync(&mut client, header(STORE), all.clone()).await.unwrap();
+        let mut products = listed(&mut (0..40));
+        for product in &mut products {
+            if product.external_id == "p12" {
+                product.in_stock = Some(2);
+            }
+        }
+        let response = sync(&mut client, clear, products).await.unwrap();
+        assert_eq!(
+            (response.unchanged, response.updated, response.cleared),
+            (34, 1, 5)
+        );
+        let stocks = stock(&mut client, STORE).await;
+        for (n, (external_id, in_stock)) in stocks.iter().enumerate() {
+            assert_eq!(external_id, &format!("p{n}"));
+            let expected = if left_out.contains(&n) { 0 } else if n == 12 { 2 } else { 1 };
+            assert_eq!(*in_stock, Some(expected), "{external_id}");
+        }
+    }
+
+    async fn a_re_sync_of_a_store_whose_ids_interleave_with_another_store_finds_each_product(server) {
+        // Products created by turns in two stores have ids that alternate in blocks: the
+        // product after one of store 1 is often one of store 2.
+        let mut client = server.client().await;
+        for round in 0..4 {
+            for store in [STORE, 7] {
+                let products = (0..5).map(|n| stocked(&format!("p{round}-{n}"), store)).collect();
+                sync(&mut client, header(store), products).await.unwrap();
+            }
+        }
+        for store in [STORE, 7] {
+            let mut products: Vec<_> = (0..4)
+                .flat_map(|round| (0..5).map(move |n| stocked(&format!("p{round}-{n}"), store)))
+                .collect();
+            products[13].in_stock = Some(100);
+            let clear = pb::SyncHeader { clear: true, ..header(store) };
+            let response = sync(&mut client, clear, products).await.unwrap();
+            assert_eq!(
+                (response.created, response.updated, response.unchanged, response.cleared),
+                (0, 1, 19, 0),
+                "store {store}"
+            );
+            let stocks = stock(&mut client, store).await;
+            assert_eq!(stocks.len(), 20);
+            assert_eq!(stocks[13], ("p2-3".to_owned(), Some(100)));
+            assert!(stocks.iter().enumerate().all(|(n, (_, in_stock))| n == 13 || *in_stock == Some(store)));
+        }
+    }
+
     async fn sync_without_clear_leaves_unlisted_products_alone(server) {
         let mut client = server.client().await;
         sync(&mut client, header(STORE), vec![stocked("a", 1), stocked("b", 2)]).await.unwrap();

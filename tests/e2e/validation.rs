@@ -101,6 +101,28 @@ backend_tests! {
         assert_eq!(list(&mut client, STORE).await, before);
     }
 
+    async fn a_stored_product_sent_twice_exactly_as_stored_is_refused(server) {
+        // Both copies of "other" change nothing, so staging sets them aside with the other
+        // unchanged products; the repeat must still be found, and skip_invalid must still
+        // reject the later copy only.
+        let mut client = server.client().await;
+        let before = seed(&mut client).await;
+        let products = vec![stocked("other", 2), stocked("new", 1), stocked("other", 2)];
+        let status = sync(&mut client, header(STORE), products.clone()).await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["products[2].external_id"]);
+        assert!(status.message().contains("products[0]"), "{}", status.message());
+        assert_eq!(list(&mut client, STORE).await, before);
+
+        let skip = pb::SyncHeader { skip_invalid: true, ..header(STORE) };
+        let response = sync(&mut client, skip, products).await.unwrap();
+        assert_eq!(
+            (response.created, response.unchanged, response.rejected_total),
+            (1, 1, 1)
+        );
+        assert_eq!(response.rejected.len(), 1);
+        assert_eq!(response.rejected[0].index, 2);
+    }
+
     async fn repeats_in_the_first_sync_of_a_store_are_refused_the_same_way(server) {
         // The store has no products, so the merge lets the live tables' unique keys find
         // the repeats; the answer and the untouched store must not differ.

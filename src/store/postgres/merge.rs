@@ -5,7 +5,7 @@
 use sqlx::{Connection, PgConnection};
 
 use super::sql;
-use super::staging::PostgresStaging;
+use super::staging::{PostgresStaging, batch_conflicts, drop_marks};
 use crate::product::SyncKey;
 use crate::store::merge::{Attempt, SKIP_ROUND, StoredConflictRows, one_per_product};
 use crate::store::{MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest, sql_limit};
@@ -56,26 +56,6 @@ impl PostgresStaging {
             }
         }
 
-        if by_barcode {
-            sqlx::query(sql::RESOLVE_BY_BARCODES)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        } else if !self.target.marks_hold(generation) {
-            // Another sync wrote to the store during the upload: what staging saw may be
-            // stale (products created since, marks no longer true).
-            sqlx::query(sql::SPLIT_BARCODES_OF_UNCHANGED)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::FORGET_UNCHANGED).execute(&mut *tx).await?;
-            sqlx::query(sql::FORGET_KEPT_BARCODES)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        }
         // Then no staged product matches a stored one: the steps for stored products have
         // nothing to do, and skipping them spares a pass over the staged rows each.
         let only_new = self.target.stages_only_new_products(generation);
@@ -88,13 +68,36 @@ impl PostgresStaging {
         // (skipping one product may not settle another's conflict); otherwise the first
         // round's conflicts refuse the merge.
         let mut skipped = Vec::new();
+        let mut recheck_batch = false;
         let limit = if request.skip_invalid {
             SKIP_ROUND
         } else {
             request.max_conflicts
         };
+        if by_barcode {
+            sqlx::query(sql::RESOLVE_BY_BARCODES)
+                .bind(store_id)
+                .execute(&mut *tx)
+                .await?;
+        } else if !self.target.marks_hold(generation) {
+            // Another sync wrote to the store during the upload: what staging saw may be
+            // stale (products created since, marks no longer true). If that happened after
+            // the batch was checked, the marks are dropped now and the batch is checked
+            // again with every product, in the rounds below.
+            if !self.marks_dropped {
+                drop_marks(&mut tx).await?;
+                recheck_batch = true;
+            }
+            sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
+                .bind(store_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         loop {
             let mut rows = StoredConflictRows::default();
+            if recheck_batch {
+                rows.batch = batch_conflicts(&mut tx, false, limit).await?;
+            }
             if by_barcode {
                 rows.of_several_products = sqlx::query_as(sql::BARCODES_OF_SEVERAL_PRODUCTS)
                     .bind(store_id)

@@ -2,6 +2,7 @@
 //! through one `COPY`, are checked there, and are merged into the live tables in one
 //! transaction that holds the store's row lock (see `sql.rs` for each statement).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use super::copy_text::CopyText;
 use super::merge::skip_staged_product;
@@ -54,6 +55,10 @@ pub(super) struct PostgresStaging {
     pub(super) staged: u64,
     /// The stored products the lookups found.
     pub(super) found: FoundProducts,
+    key: SyncKey,
+    /// The unchanged marks (and the barcodes kept) are dropped, the barcodes of every
+    /// product split out: another sync wrote to the store during the upload.
+    pub(super) marks_dropped: bool,
 }
 
 impl PostgresStaging {
@@ -81,6 +86,8 @@ impl PostgresStaging {
                 checked: false,
                 staged: 0,
                 found: FoundProducts::default(),
+                key,
+                marks_dropped: false,
             })
         }
         .await
@@ -99,11 +106,37 @@ impl PostgresStaging {
             return Ok(None);
         };
         let mut connection = connection?;
-        let stored: Vec<StoredFields> = sqlx::query_as(sql::SELECT_STORED_FIELDS)
-            .bind(store_id)
-            .bind(unchanged::external_ids(products))
-            .fetch_all(&mut *connection)
-            .await?;
+        let external_ids = unchanged::external_ids(products);
+        // First the products stored after the batch's first one, as many as it holds;
+        // then, by their external ids, those the range did not hold.
+        let mut stored: Vec<StoredFields> = match external_ids.first() {
+            Some(first) => {
+                sqlx::query_as(sql::SELECT_STORED_FIELDS_FROM)
+                    .bind(store_id)
+                    .bind(first)
+                    .bind(products.len() as i64)
+                    .fetch_all(&mut *connection)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let in_range: HashSet<&str> = stored
+            .iter()
+            .filter_map(|fields| fields.external_id.as_deref())
+            .collect();
+        let elsewhere: Vec<&str> = external_ids
+            .into_iter()
+            .filter(|external_id| !in_range.contains(external_id))
+            .collect();
+        drop(in_range);
+        if !elsewhere.is_empty() {
+            let found: Vec<StoredFields> = sqlx::query_as(sql::SELECT_STORED_FIELDS)
+                .bind(store_id)
+                .bind(elsewhere)
+                .fetch_all(&mut *connection)
+                .await?;
+            stored.extend(found);
+        }
         Ok(Some(unchanged::match_batch(products, stored)))
     }
 
@@ -217,23 +250,75 @@ impl PostgresStaging {
         limit: usize,
     ) -> Result<Vec<BatchConflict>, sqlx::Error> {
         self.prepare_checks().await?;
+        self.drop_marks_if_stale().await?;
         // `target.look_up` is still on only if every batch was looked up.
-        let statement = if self.target.look_up && !self.found.found_twice {
-            sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS.as_str()
-        } else {
-            sql::DUPLICATE_EXTERNAL_IDS.as_str()
-        };
-        let duplicates = sqlx::query_as(statement)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
-        let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
+        let conflicts = batch_conflicts(
+            &mut self.connection,
+            self.target.look_up && !self.found.found_twice,
+            limit,
+        )
+        .await?;
         self.checked = true;
-        Ok(batch_conflicts_from_rows(duplicates, shared, limit))
+        Ok(conflicts)
     }
+
+    /// Drops the unchanged marks if another sync wrote to the store since the upload
+    /// began, so that the checks of the batch see every product's barcodes. Outside the
+    /// merge's transaction; should the marks go stale after this, the merge drops them
+    /// itself and checks the batch again.
+    async fn drop_marks_if_stale(&mut self) -> Result<(), sqlx::Error> {
+        if self.key == SyncKey::Barcode || self.marks_dropped {
+            return Ok(());
+        }
+        let generation: Option<i64> = sqlx::query_scalar(sql::SYNC_GENERATION)
+            .bind(self.target.store_id)
+            .fetch_optional(&mut *self.connection)
+            .await?;
+        if !self.target.marks_hold(generation.unwrap_or(0)) {
+            drop_marks(&mut self.connection).await?;
+            self.marks_dropped = true;
+        }
+        Ok(())
+    }
+}
+
+/// Up to `limit` products of the staged batch that repeat an external id or a barcode of an
+/// earlier one. With `only_new_external_ids`, only the external ids of products not found
+/// are grouped (see `sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS`). The barcodes must be
+/// split out (`prepare_checks`).
+pub(super) async fn batch_conflicts(
+    connection: &mut PgConnection,
+    only_new_external_ids: bool,
+    limit: usize,
+) -> Result<Vec<BatchConflict>, sqlx::Error> {
+    let statement = if only_new_external_ids {
+        sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS.as_str()
+    } else {
+        sql::DUPLICATE_EXTERNAL_IDS.as_str()
+    };
+    let duplicates = sqlx::query_as(statement)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *connection)
+        .await?;
+    let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok(batch_conflicts_from_rows(duplicates, shared, limit))
+}
+
+/// Another sync wrote to the store during the upload: what staging saw may be stale. The
+/// barcodes of the products marked unchanged are split out (they were left out, and the
+/// changed products' ones must be already), and every mark is dropped.
+pub(super) async fn drop_marks(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    for statement in [
+        sql::SPLIT_BARCODES_OF_UNCHANGED,
+        sql::FORGET_UNCHANGED,
+        sql::FORGET_KEPT_BARCODES,
+    ] {
+        sqlx::query(statement).execute(&mut *connection).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@
 use sqlx::{Connection, SqliteConnection};
 
 use super::sql;
-use super::staging::SqliteStaging;
+use super::staging::{Marks, SqliteStaging, batch_conflicts, list_unchanged};
 use crate::product::SyncKey;
 use crate::store::merge::{Attempt, SKIP_ROUND, StoredConflictRows, one_per_product};
 use crate::store::{MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest, sql_limit};
@@ -58,23 +58,6 @@ impl SqliteStaging {
             }
         }
 
-        if by_barcode {
-            sqlx::query(sql::RESOLVE_BY_BARCODES)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        } else if !self.target.marks_hold(generation) {
-            // Another sync wrote to the store during the upload: what staging saw may be
-            // stale (products created since, marks no longer true).
-            sqlx::query(sql::SPLIT_BARCODES_OF_UNCHANGED.as_str())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::FORGET_UNCHANGED).execute(&mut *tx).await?;
-            sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
-                .bind(store_id)
-                .execute(&mut *tx)
-                .await?;
-        }
         // Then no staged product matches a stored one: the steps for stored products have
         // nothing to do, and skipping them spares a pass over the staged rows each.
         let only_new = self.target.stages_only_new_products(generation);
@@ -82,23 +65,63 @@ impl SqliteStaging {
             tx.rollback().await?;
             return Ok(Attempt::CheckBatchFirst);
         }
+
+        // With skip_invalid, conflicting products are skipped and the checks run again
+        // (skipping one product may not settle another's conflict); otherwise the first
+        // round's conflicts refuse the merge.
+        let mut skipped = Vec::new();
+        let mut recheck_batch = false;
+        let limit = if request.skip_invalid {
+            SKIP_ROUND
+        } else {
+            request.max_conflicts
+        };
+        if by_barcode {
+            sqlx::query(sql::RESOLVE_BY_BARCODES)
+                .bind(store_id)
+                .execute(&mut *tx)
+                .await?;
+        } else if !self.target.marks_hold(generation) {
+            // Another sync wrote to the store during the upload: what staging saw may be
+            // stale (products created since, marks no longer true). If that happened after
+            // the batch was checked, the marks are dropped now and the batch is checked
+            // again with every product, in the rounds below.
+            if !self.marks_dropped {
+                list_unchanged(&mut tx, store_id, Marks::Dropped).await?;
+                recheck_batch = true;
+            }
+            sqlx::query(sql::RESOLVE_BY_EXTERNAL_ID)
+                .bind(store_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Another sync of the store may be staging products without their values, and
+        // need them back should this one write them first (see `RESTORE_VALUES_*`): then
+        // the products this merge writes are recorded as they were, below. Otherwise the
+        // records are of no more use (this sync's own products got theirs back, above).
+        let others_running: bool = sqlx::query_scalar(sql::OTHER_SYNC_OF_STORE_RUNNING)
+            .bind(store_id)
+            .bind(&request.run.sync_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !others_running {
+            sqlx::query(sql::FORGET_PREIMAGES)
+                .bind(store_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+
         if !only_new {
             sqlx::query(sql::INDEX_RESOLVED_PRODUCTS)
                 .execute(&mut *tx)
                 .await?;
         }
 
-        // With skip_invalid, conflicting products are skipped and the checks run again
-        // (skipping one product may not settle another's conflict); otherwise the first
-        // round's conflicts refuse the merge.
-        let mut skipped = Vec::new();
-        let limit = if request.skip_invalid {
-            SKIP_ROUND
-        } else {
-            request.max_conflicts
-        };
         loop {
             let mut rows = StoredConflictRows::default();
+            if recheck_batch {
+                rows.batch = batch_conflicts(&mut tx, false, limit).await?;
+            }
             if by_barcode {
                 rows.of_several_products = sqlx::query_as(sql::BARCODES_OF_SEVERAL_PRODUCTS)
                     .bind(store_id)
@@ -165,6 +188,20 @@ impl SqliteStaging {
         } else {
             0
         };
+        let clearing = request.clear && !everything_listed;
+        if others_running {
+            let records = [
+                (!only_new, sql::RECORD_PREIMAGES_OF_CHANGED.as_str()),
+                (clearing, sql::RECORD_PREIMAGES_OF_CLEARED.as_str()),
+            ];
+            for (_, record) in records.into_iter().filter(|(needed, _)| *needed) {
+                sqlx::query(record)
+                    .bind(store_id)
+                    .bind(generation + 1)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         let updated = if only_new {
             0
         } else {
@@ -176,7 +213,12 @@ impl SqliteStaging {
                 .bind(store_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(sql::UPDATE_CHANGED_PRODUCTS.as_str())
+            let update = if by_barcode {
+                &sql::UPDATE_CHANGED_PRODUCTS_BY_BARCODE
+            } else {
+                &sql::UPDATE_CHANGED_PRODUCTS
+            };
+            sqlx::query(update.as_str())
                 .bind(store_id)
                 .bind(request.now)
                 .execute(&mut *tx)
@@ -185,8 +227,8 @@ impl SqliteStaging {
         };
         // The clear runs before new products exist, so it needs to tell apart only the
         // listed stored products (those resolved) from the unlisted ones.
-        let cleared = if request.clear && !everything_listed {
-            sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS)
+        let cleared = if clearing {
+            sqlx::query(sql::CLEAR_UNLISTED_PRODUCTS.as_str())
                 .bind(store_id)
                 .bind(request.now)
                 .execute(&mut *tx)

@@ -10,7 +10,7 @@
 //! being reset), after which the caller falls back to the pooled path.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +71,7 @@ impl PointReads {
         BatchLookups {
             reads: Arc::clone(self),
             connection: Mutex::new(None),
+            next_guess: 0.into(),
             looked_up: 0.into(),
         }
     }
@@ -100,6 +101,8 @@ impl PointReads {
 pub(super) struct BatchLookups {
     reads: Arc<PointReads>,
     connection: Mutex<Option<rusqlite::Connection>>,
+    /// The id tried first for the next product looked up: the one after the last found.
+    next_guess: AtomicI64,
     /// Products looked up so far.
     looked_up: AtomicUsize,
 }
@@ -115,7 +118,7 @@ impl BatchLookups {
         &self,
         store_id: i64,
         products: &[StagedProduct],
-    ) -> Result<Vec<Option<StoredMatch>>, rusqlite::Error> {
+    ) -> Result<LookedUp, rusqlite::Error> {
         let mut connection = self
             .connection
             .lock()
@@ -125,7 +128,10 @@ impl BatchLookups {
             None => self.reads.open()?,
         };
         self.looked_up.fetch_add(products.len(), Ordering::Relaxed);
-        let matched = match_stored(&open, store_id, products);
+        // The lock on the connection orders the lookups: one batch at a time.
+        let mut next_guess = self.next_guess.load(Ordering::Relaxed);
+        let matched = match_stored(&open, store_id, products, &mut next_guess);
+        self.next_guess.store(next_guess, Ordering::Relaxed);
         // A connection whose lookup failed is dropped: the next lookup opens a fresh one.
         if matched.is_ok() {
             *connection = Some(open);
@@ -149,39 +155,78 @@ impl Drop for BatchLookups {
     }
 }
 
+/// What a batch's lookup found, as of the store's sync generation it read.
+pub(super) struct LookedUp {
+    pub generation: i64,
+    pub matches: Vec<Option<StoredMatch>>,
+}
+
 fn match_stored(
     connection: &rusqlite::Connection,
     store_id: i64,
     products: &[StagedProduct],
-) -> Result<Vec<Option<StoredMatch>>, rusqlite::Error> {
+    next_guess: &mut i64,
+) -> Result<LookedUp, rusqlite::Error> {
     // One read transaction for the batch: one snapshot, and the WAL's read lock taken
     // once instead of once per product.
     let _snapshot = connection.unchecked_transaction()?;
-    let mut statement = connection.prepare_cached(sql::SELECT_STORED_FIELDS)?;
-    products
+    let generation = connection
+        .prepare_cached(sql::SYNC_GENERATION)?
+        .query_row([store_id], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut by_external_id = connection.prepare_cached(sql::SELECT_STORED_FIELDS)?;
+    let mut by_id = connection.prepare_cached(sql::SELECT_STORED_FIELDS_BY_ID)?;
+    let matches = products
         .iter()
         .map(|product| {
             let Some(external_id) = product.change.external_id.as_deref() else {
                 return Ok(None);
             };
-            let mut rows = statement.query(rusqlite::params![store_id, external_id])?;
+            // A POS mostly sends its products in the same order each time, and a store's
+            // products got consecutive ids in the order they were first sent: the product
+            // after the last one found is tried first, by id. That read lands where the
+            // last one left the table, in pages just read; the external-id index is read
+            // at a random place per product, mostly from the file (a sync's page cache
+            // is small). The external id read confirms the guess, since it is unique in
+            // the store.
+            let mut rows = by_id.query(rusqlite::params![store_id, *next_guess])?;
+            if let Some(row) = rows.next()?
+                && row.get_ref(1)?.as_str_or_null()? == Some(external_id)
+            {
+                let found = compared(product, row)?;
+                *next_guess = found.product_id + 1;
+                return Ok(Some(found));
+            }
+            let mut rows = by_external_id.query(rusqlite::params![store_id, external_id])?;
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
-            let stored = StoredView {
-                external_id: row.get_ref(1)?.as_str_or_null()?,
-                barcodes: row.get_ref(2)?.as_str_or_null()?,
-                in_stock: row.get_ref(3)?.as_i64_or_null()?,
-                price: row.get_ref(4)?.as_str_or_null()?,
-                name: row.get_ref(5)?.as_str_or_null()?,
-                unit_size: row.get_ref(6)?.as_str_or_null()?,
-                abv: row.get_ref(7)?.as_f64_or_null()?,
-                proof: row.get_ref(8)?.as_f64_or_null()?,
-                category: row.get(9)?,
-            };
-            Ok(Some(unchanged::stored_match(product, row.get(0)?, &stored)))
+            let found = compared(product, row)?;
+            *next_guess = found.product_id + 1;
+            Ok(Some(found))
         })
-        .collect()
+        .collect::<Result<_, rusqlite::Error>>()?;
+    Ok(LookedUp {
+        generation,
+        matches,
+    })
+}
+
+/// What `product` is to the stored product of `row` (columns as `SELECT_STORED_FIELDS`).
+fn compared(product: &StagedProduct, row: &Row<'_>) -> Result<StoredMatch, rusqlite::Error> {
+    let stored = StoredView {
+        external_id: row.get_ref(1)?.as_str_or_null()?,
+        barcodes: row.get_ref(2)?.as_str_or_null()?,
+        in_stock: row.get_ref(3)?.as_i64_or_null()?,
+        price: row.get_ref(4)?.as_str_or_null()?,
+        name: row.get_ref(5)?.as_str_or_null()?,
+        unit_size: row.get_ref(6)?.as_str_or_null()?,
+        abv: row.get_ref(7)?.as_f64_or_null()?,
+        proof: row.get_ref(8)?.as_f64_or_null()?,
+        category: row.get(9)?,
+    };
+    Ok(unchanged::stored_match(product, row.get(0)?, &stored))
 }
 
 /// A row of the product statements, by column name as sqlx's `FromRow` reads it.

@@ -7,8 +7,10 @@
 //! transaction that holds SQLite's write lock:
 //! 1. resolve: each staged product learns the id of the live product it is (by external id or
 //!    by barcodes), or stays unresolved if it is new. An external-id sync of a store that
-//!    has products resolves while it stages and marks the products sent exactly as stored
-//!    `unchanged`; those take no part in the checks and writes below;
+//!    has products resolves while it stages and keeps the products sent exactly as stored
+//!    apart, as runs in `staged_unchanged`; those take no part in the checks and writes
+//!    below, unless another sync wrote to the store meanwhile (then they are listed in
+//!    `staged_products` with the values they were sent with, and checked as any other);
 //! 2. check: conflicts with stored products refuse the whole sync (or, with skip_invalid,
 //!    skip the products that conflict);
 //! 3. write: replaced barcodes, changed products, the clear, then new products with ids
@@ -213,6 +215,7 @@ pub const SELECT_SYNC_RUNS_PAGE: &str = "
 /// its fastest key; the barcode index serves the checks, which SQLite runs as nested loops.
 pub const CREATE_STAGING: &str = "
     DROP TABLE IF EXISTS staged_products;
+    DROP TABLE IF EXISTS staged_unchanged;
     DROP TABLE IF EXISTS staged_barcodes;
     CREATE TEMPORARY TABLE staged_products (
         idx         INTEGER PRIMARY KEY,
@@ -233,8 +236,32 @@ pub const CREATE_STAGING: &str = "
         unchanged   BOOLEAN NOT NULL DEFAULT FALSE,
         -- Rejected (skip_invalid): it writes nothing, but its key counts as listed, so a
         -- clear never zeroes a product for a bad copy of it.
-        skipped     BOOLEAN NOT NULL DEFAULT FALSE
+        skipped     BOOLEAN NOT NULL DEFAULT FALSE,
+        -- Sent with exactly the barcodes stored, as of the same generation as `unchanged`:
+        -- they are its own, so no check of stored owners and no rewrite needs them (the
+        -- check for a barcode sent twice still does).
+        barcodes_kept BOOLEAN NOT NULL DEFAULT FALSE,
+        -- Listed by a run of staged_unchanged, without its values: should the marks go
+        -- stale, they are rebuilt from what was stored (see RESTORE_VALUES_*).
+        without_values BOOLEAN NOT NULL DEFAULT FALSE,
+        -- Of a product listed without values: which fields it sent (SENT_* bits), and the
+        -- store's sync generation its lookup read.
+        sent_fields  INTEGER,
+        looked_up_at BIGINT
     );
+    -- The products marked unchanged, as runs: consecutive stream positions that are
+    -- consecutive stored products and send the same fields. A re-sync mostly repeats the
+    -- order of the sync that created its products, so a batch is a run or a few, where a
+    -- row per product cost a second per million. They are listed one by one (in
+    -- staged_products) only when the merge needs them so (see EXPAND_UNCHANGED_RUNS).
+    CREATE TEMPORARY TABLE staged_unchanged (
+        first_idx        INTEGER PRIMARY KEY,
+        first_product_id BIGINT  NOT NULL,
+        products         BIGINT  NOT NULL,
+        sent_fields      INTEGER NOT NULL,
+        looked_up_at     BIGINT  NOT NULL
+    );
+    CREATE INDEX staged_unchanged_product ON staged_unchanged (first_product_id, products);
     CREATE TEMPORARY TABLE staged_barcodes (
         idx     BIGINT NOT NULL,
         barcode TEXT   NOT NULL
@@ -243,6 +270,7 @@ pub const CREATE_STAGING: &str = "
 
 pub const DROP_STAGING: &str = "
     DROP TABLE IF EXISTS staged_products;
+    DROP TABLE IF EXISTS staged_unchanged;
     DROP TABLE IF EXISTS staged_barcodes;";
 
 /// The store's sync generation, and whether it has products at all. Read when an upload
@@ -253,7 +281,10 @@ pub const STAGING_START: &str = "
 
 /// Followed by the rows of a batch as `VALUES`, for a store without stored products to
 /// compare with.
-pub const INSERT_STAGED_PRODUCTS: &str = "INSERT INTO staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped, product_id, unchanged) ";
+pub const INSERT_STAGED_PRODUCTS: &str = "INSERT INTO staged_products (idx, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category, skipped, product_id, barcodes_kept) ";
+
+/// Followed by runs of products marked unchanged as `VALUES`.
+pub const INSERT_UNCHANGED_RUNS: &str = "INSERT INTO staged_unchanged (first_idx, first_product_id, products, sent_fields, looked_up_at) ";
 
 /// Followed by barcode rows as `VALUES`.
 pub const INSERT_STAGED_BARCODES: &str = "INSERT INTO staged_barcodes (idx, barcode) ";
@@ -263,6 +294,12 @@ pub const INSERT_STAGED_BARCODES: &str = "INSERT INTO staged_barcodes (idx, barc
 pub const SELECT_STORED_FIELDS: &str = "
     SELECT id, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category
     FROM products WHERE store_id = $1 AND external_id = $2";
+
+/// The same fields of the store's product with id `$2` (`$1` = store): a guess at which
+/// product an external id is, confirmed by comparing the external id read.
+pub const SELECT_STORED_FIELDS_BY_ID: &str = "
+    SELECT id, external_id, barcodes, in_stock, price, name, unit_size, abv, proof, category
+    FROM products WHERE store_id = $1 AND id = $2";
 
 /// Splits the barcode lists of staged products into `staged_barcodes`, for the products
 /// that meet a condition written between these two (`barcodes` is the space-separated list
@@ -277,6 +314,122 @@ const SPLIT_STAGED_BARCODES_END: &str = "
         FROM split WHERE rest <> '')
     INSERT INTO staged_barcodes (idx, barcode)
     SELECT idx, barcode FROM split WHERE barcode <> ''";
+
+/// Lists the products of the unchanged runs one by one, each with its external id (read
+/// from its stored product) and without its values, and empties the runs: for the checks
+/// that group every staged product (a stored product found twice), or for stale marks.
+/// Rows without values are still marked unchanged; `$1` = store.
+pub const EXPAND_UNCHANGED_RUNS: &str = "
+    WITH RECURSIVE listed (idx, product_id, last_idx, sent_fields, looked_up_at) AS (
+        SELECT first_idx, first_product_id, first_idx + products - 1, sent_fields,
+               looked_up_at
+        FROM staged_unchanged
+        UNION ALL
+        SELECT idx + 1, product_id + 1, last_idx, sent_fields, looked_up_at
+        FROM listed WHERE idx < last_idx)
+    INSERT INTO staged_products (idx, external_id, product_id, sent_fields, looked_up_at,
+                                 unchanged, without_values)
+    SELECT l.idx, p.external_id, l.product_id, l.sent_fields, l.looked_up_at, TRUE, TRUE
+    FROM listed l CROSS JOIN products p
+    WHERE p.store_id = $1 AND p.id = l.product_id";
+
+pub const FORGET_UNCHANGED_RUNS: &str = "DELETE FROM staged_unchanged";
+
+/// The bits of `staged_products.sent_fields`, one per field a sync may leave out.
+pub const SENT_BARCODES: i64 = 1;
+pub const SENT_IN_STOCK: i64 = 2;
+pub const SENT_PRICE: i64 = 4;
+pub const SENT_NAME: i64 = 8;
+pub const SENT_UNIT_SIZE: i64 = 16;
+pub const SENT_ABV: i64 = 32;
+pub const SENT_PROOF: i64 = 64;
+pub const SENT_CATEGORY: i64 = 128;
+
+/// `SET` assignments giving a product staged without values the sent fields of `source`
+/// (the others stay NULL: left out).
+fn values_sent_from(source: &str) -> String {
+    let mut assignments = String::new();
+    for (column, bit) in [
+        ("barcodes", SENT_BARCODES),
+        ("in_stock", SENT_IN_STOCK),
+        ("price", SENT_PRICE),
+        ("name", SENT_NAME),
+        ("unit_size", SENT_UNIT_SIZE),
+        ("abv", SENT_ABV),
+        ("proof", SENT_PROOF),
+        ("category", SENT_CATEGORY),
+    ] {
+        write!(
+            assignments,
+            "{column} = CASE WHEN staged_products.sent_fields & {bit} <> 0 \
+             THEN {source}.{column} END, "
+        )
+        .expect("writing to a String cannot fail");
+    }
+    assignments.push_str("without_values = FALSE");
+    assignments
+}
+
+/// Stale marks, first: products staged without values that another sync wrote since their
+/// lookup take the sent fields from the first record of the store made after it (the
+/// product as it was when looked up, and so as this sync sent it).
+pub static RESTORE_VALUES_FROM_PREIMAGES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE staged_products SET {}
+         FROM product_preimages pre
+         WHERE staged_products.without_values
+           AND pre.store_id = $1 AND pre.product_id = staged_products.product_id
+           AND pre.generation = (
+               SELECT MIN(q.generation) FROM product_preimages q
+               WHERE q.store_id = $1 AND q.product_id = staged_products.product_id
+                 AND q.generation > staged_products.looked_up_at)",
+        values_sent_from("pre")
+    )
+});
+
+/// Stale marks, then: the others take them from the stored product, which no sync wrote
+/// since their lookup.
+pub static RESTORE_VALUES_FROM_STORED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE staged_products SET {}
+         FROM products p
+         WHERE staged_products.without_values
+           AND p.store_id = $1 AND p.id = staged_products.product_id",
+        values_sent_from("p")
+    )
+});
+
+/// Whether a sync of store `$1` other than `$2` is running: then this merge records the
+/// store's products before it writes them.
+pub const OTHER_SYNC_OF_STORE_RUNNING: &str = "
+    SELECT EXISTS (SELECT 1 FROM sync_runs WHERE outcome = 1 AND store_id = $1 AND id <> $2)";
+
+/// Records the products [`UPDATE_CHANGED_PRODUCTS`] (or its barcode-sync form, which writes
+/// the same products) is about to write, as they are, tagged with generation `$2` (the one
+/// this merge makes).
+pub static RECORD_PREIMAGES_OF_CHANGED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{RECORD_PREIMAGES}
+         FROM staged_products s CROSS JOIN products
+         WHERE {}",
+        changed_stored_products()
+    )
+});
+
+/// Records the products [`CLEAR_UNLISTED_PRODUCTS`] is about to set out of stock, as they
+/// are, tagged with generation `$2`.
+pub static RECORD_PREIMAGES_OF_CLEARED: LazyLock<String> =
+    LazyLock::new(|| format!("{RECORD_PREIMAGES} FROM products WHERE {UNLISTED_IN_STOCK}"));
+
+const RECORD_PREIMAGES: &str = "
+    INSERT OR IGNORE INTO product_preimages (store_id, product_id, generation, barcodes,
+        in_stock, price, name, unit_size, abv, proof, category)
+    SELECT products.store_id, products.id, $2, products.barcodes, products.in_stock,
+           products.price, products.name, products.unit_size, products.abv, products.proof,
+           products.category";
+
+/// Drops the store's records once no other sync of it runs.
+pub const FORGET_PREIMAGES: &str = "DELETE FROM product_preimages WHERE store_id = $1";
 
 /// The barcodes of the products marked unchanged, split out when the marks are dropped
 /// (they were left out while staging).
@@ -395,9 +548,11 @@ pub const COMMITTED_RUN_OF_IDEMPOTENCY_KEY: &str = "
     SELECT id, request_hash FROM sync_runs
     WHERE store_id = $1 AND idempotency_key = $2 AND outcome = 2";
 
-/// Another sync wrote to the store while this one uploaded: the unchanged marks may be
-/// stale, so every product is checked again.
-pub const FORGET_UNCHANGED: &str = "UPDATE staged_products SET unchanged = FALSE WHERE unchanged";
+/// Another sync wrote to the store while this one uploaded: the unchanged marks (and the
+/// barcodes kept) may be stale, so every product is checked again.
+pub const FORGET_UNCHANGED: &str = "
+    UPDATE staged_products SET unchanged = FALSE, barcodes_kept = FALSE
+    WHERE unchanged OR barcodes_kept";
 
 /// External-id sync: a staged product is the live product with its external id.
 pub const RESOLVE_BY_EXTERNAL_ID: &str = "
@@ -433,7 +588,7 @@ pub const BARCODES_OWNED_BY_OTHER_PRODUCTS: &str = "
     CROSS JOIN products p
     WHERE s.idx = b.idx AND pb.store_id = $1 AND pb.barcode = b.barcode
       AND p.store_id = $1 AND p.id = pb.product_id
-      AND NOT s.skipped
+      AND NOT s.skipped AND NOT s.barcodes_kept
       AND (s.product_id IS NULL OR pb.product_id <> s.product_id)
       AND NOT EXISTS (
           SELECT 1 FROM staged_products o
@@ -508,8 +663,8 @@ pub const DELETE_REPLACED_BARCODES: &str = "
     WHERE store_id = $1 AND product_id IN (
         SELECT p.id FROM staged_products s
         JOIN products p ON p.id = s.product_id AND +p.store_id = $1
-        WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
-          AND s.barcodes IS DISTINCT FROM p.barcodes)";
+        WHERE NOT s.skipped AND NOT s.unchanged AND NOT s.barcodes_kept
+          AND s.barcodes IS NOT NULL AND s.barcodes IS DISTINCT FROM p.barcodes)";
 
 /// The new barcode sets of those same products (all replaced sets were deleted first, so a
 /// barcode moving between two of them collides with nothing).
@@ -519,18 +674,28 @@ pub const INSERT_REPLACEMENT_BARCODES: &str = "
     FROM staged_products s
     JOIN products p ON p.id = s.product_id AND +p.store_id = $1
     JOIN staged_barcodes b ON b.idx = s.idx
-    WHERE NOT s.skipped AND NOT s.unchanged AND s.barcodes IS NOT NULL
+    WHERE NOT s.skipped AND NOT s.unchanged AND NOT s.barcodes_kept AND s.barcodes IS NOT NULL
       AND s.barcodes IS DISTINCT FROM p.barcodes";
 
 /// Only rows whose stored data really changes are written, so the affected row count is
-/// the `updated` count and a re-sync of unchanged data writes nothing. A barcode sync may
-/// give a product its first external id (never another one). The unary `+` keeps SQLite
-/// from driving the join from the store's index, which visits every product of the store;
-/// it drives from the staged rows instead.
-pub static UPDATE_CHANGED_PRODUCTS: LazyLock<String> = LazyLock::new(|| {
+/// the `updated` count and a re-sync of unchanged data writes nothing. The unary `+` keeps
+/// SQLite from driving the join from the store's index, which visits every product of the
+/// store; it drives from the staged rows instead. An external-id sync never changes an
+/// external id, and leaves it out of the `SET` list: SQLite then leaves the external-id
+/// index alone instead of rewriting each updated product's entry in it.
+pub static UPDATE_CHANGED_PRODUCTS: LazyLock<String> =
+    LazyLock::new(|| update_changed_products(""));
+
+/// As [`UPDATE_CHANGED_PRODUCTS`], for a barcode sync, which may give a product its first
+/// external id (never another one).
+pub static UPDATE_CHANGED_PRODUCTS_BY_BARCODE: LazyLock<String> = LazyLock::new(|| {
+    update_changed_products("external_id = COALESCE(products.external_id, s.external_id),")
+});
+
+fn update_changed_products(set_external_id: &str) -> String {
     format!(
         "UPDATE products SET
-            external_id = COALESCE(products.external_id, s.external_id),
+            {set_external_id}
             barcodes  = COALESCE(s.barcodes, products.barcodes),
             in_stock  = COALESCE(s.in_stock, products.in_stock),
             price     = COALESCE(s.price, products.price),
@@ -541,20 +706,38 @@ pub static UPDATE_CHANGED_PRODUCTS: LazyLock<String> = LazyLock::new(|| {
             category  = COALESCE(s.category, products.category),
             updated_at = $2
          FROM staged_products s
-         WHERE +products.store_id = $1 AND products.id = s.product_id
-           AND NOT s.skipped AND NOT s.unchanged
-           AND {differs}",
-        differs = differs("s", "products"),
+         WHERE {}",
+        changed_stored_products()
     )
+}
+
+/// The stored products (`products`) that their staged rows (`s`) change.
+fn changed_stored_products() -> String {
+    format!(
+        "+products.store_id = $1 AND products.id = s.product_id
+         AND NOT s.skipped AND NOT s.unchanged
+         AND {}",
+        differs("s", "products")
+    )
+}
+
+/// Sets every product of the store that this sync did not list out of stock. The ids listed
+/// one by one are built into one temporary index and probed; those listed by an unchanged
+/// run are found in the run that starts at or before them (runs do not overlap: a stored
+/// product found twice has them listed one by one). Runs before new products exist.
+pub static CLEAR_UNLISTED_PRODUCTS: LazyLock<String> = LazyLock::new(|| {
+    format!("UPDATE products SET in_stock = 0, updated_at = $2 WHERE {UNLISTED_IN_STOCK}")
 });
 
-/// Sets every product of the store that this sync did not list out of stock. The listed
-/// ids are built into one temporary index and probed. Runs before new products exist.
-pub const CLEAR_UNLISTED_PRODUCTS: &str = "
-    UPDATE products SET in_stock = 0, updated_at = $2
-    WHERE store_id = $1
-      AND (in_stock IS NULL OR in_stock <> 0)
-      AND id NOT IN (SELECT product_id FROM staged_products WHERE product_id IS NOT NULL)";
+/// The store's products this sync did not list, unless out of stock already.
+const UNLISTED_IN_STOCK: &str = "
+    products.store_id = $1
+    AND (products.in_stock IS NULL OR products.in_stock <> 0)
+    AND products.id NOT IN (SELECT product_id FROM staged_products WHERE product_id IS NOT NULL)
+    AND NOT COALESCE((SELECT products.id < u.first_product_id + u.products
+                      FROM staged_unchanged u
+                      WHERE u.first_product_id <= products.id
+                      ORDER BY u.first_product_id DESC LIMIT 1), FALSE)";
 
 /// The id the next new product takes. The merge holds the write lock, so nobody else draws
 /// ids meanwhile.

@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::merge::skip_staged_product;
 use super::point_reads::{BatchLookups, PointReads};
 use super::sql;
-use crate::product::{Barcodes, Price, SyncKey};
+use crate::product::{Barcodes, Price, ProductChange, SyncKey};
 use crate::store::merge::{Attempt, SKIP_ROUND, batch_conflicts_from_rows, one_per_product};
 use crate::store::unchanged::{FoundProducts, StagingTarget, StoredMatch};
 use crate::store::{
@@ -137,6 +137,7 @@ impl StagedStream {
 /// The staging area of one sync on SQLite.
 pub(super) struct SqliteStaging {
     pub(super) connection: PoolConnection<Sqlite>,
+    key: SyncKey,
     /// Where each batch's stored products are looked up while the batch before is written;
     /// none for a database in memory.
     lookups: Option<Arc<BatchLookups>>,
@@ -147,6 +148,9 @@ pub(super) struct SqliteStaging {
     pub(super) staged: StagedStream,
     /// The stored products the lookups found.
     pub(super) found: FoundProducts,
+    /// The products marked unchanged are listed one by one with the values they were sent
+    /// with, and checked as any other: another sync wrote to the store during the upload.
+    pub(super) marks_dropped: bool,
     _heap: HeapShare,
 }
 
@@ -177,11 +181,13 @@ impl SqliteStaging {
             }
             Ok(SqliteStaging {
                 connection,
+                key,
                 lookups,
                 target,
                 checked: false,
                 staged: StagedStream::default(),
                 found: FoundProducts::default(),
+                marks_dropped: false,
                 _heap: HeapShare::claim(),
             })
         }
@@ -226,22 +232,39 @@ impl SqliteStaging {
         &mut self,
         limit: usize,
     ) -> Result<Vec<BatchConflict>, sqlx::Error> {
-        // `target.look_up` is still on only if every batch was looked up.
-        let statement = if self.target.look_up && !self.found.found_twice {
-            sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS.as_str()
-        } else {
-            sql::DUPLICATE_EXTERNAL_IDS.as_str()
-        };
-        let duplicates = sqlx::query_as(statement)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
-        let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.connection)
-            .await?;
+        self.list_unchanged_as_needed().await?;
+        let conflicts = batch_conflicts(
+            &mut self.connection,
+            self.target.look_up && !self.found.found_twice,
+            limit,
+        )
+        .await?;
         self.checked = true;
-        Ok(batch_conflicts_from_rows(duplicates, shared, limit))
+        Ok(conflicts)
+    }
+
+    /// Lists the unchanged products one by one where the checks of the batch need them so:
+    /// every one, with the values it was sent with, if another sync wrote to the store
+    /// since the upload began; every one's external id, if a stored product was found
+    /// twice. Done outside the merge's transaction (the values are what committed before
+    /// the lookups, which no later commit changes); should the marks go stale after this,
+    /// the merge lists them itself.
+    async fn list_unchanged_as_needed(&mut self) -> Result<(), sqlx::Error> {
+        if self.key == SyncKey::Barcode || self.marks_dropped {
+            return Ok(());
+        }
+        let store_id = self.target.store_id;
+        let generation: Option<i64> = sqlx::query_scalar(sql::SYNC_GENERATION)
+            .bind(store_id)
+            .fetch_optional(&mut *self.connection)
+            .await?;
+        if !self.target.marks_hold(generation.unwrap_or(0)) {
+            list_unchanged(&mut self.connection, store_id, Marks::Dropped).await?;
+            self.marks_dropped = true;
+        } else if self.found.found_twice {
+            list_unchanged(&mut self.connection, store_id, Marks::Kept).await?;
+        }
+        Ok(())
     }
 }
 
@@ -375,6 +398,74 @@ impl Staging for SqliteStaging {
     }
 }
 
+/// Up to `limit` products of the staged batch that repeat an external id or a barcode of an
+/// earlier one. With `only_new_external_ids`, only the external ids of products not found
+/// are grouped (see `sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS`).
+pub(super) async fn batch_conflicts(
+    connection: &mut SqliteConnection,
+    only_new_external_ids: bool,
+    limit: usize,
+) -> Result<Vec<BatchConflict>, sqlx::Error> {
+    let statement = if only_new_external_ids {
+        sql::DUPLICATE_EXTERNAL_IDS_OF_NEW_PRODUCTS.as_str()
+    } else {
+        sql::DUPLICATE_EXTERNAL_IDS.as_str()
+    };
+    let duplicates = sqlx::query_as(statement)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *connection)
+        .await?;
+    let shared = sqlx::query_as(sql::BARCODES_SHARED_IN_BATCH)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok(batch_conflicts_from_rows(duplicates, shared, limit))
+}
+
+/// What becomes of the unchanged marks when the unchanged products are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Marks {
+    /// They hold: each product is listed by its external id only, and stays unchanged.
+    Kept,
+    /// Another sync wrote to the store during the upload: each product gets back the
+    /// values it was sent with, its barcodes split out, and is checked and written as any
+    /// other.
+    Dropped,
+}
+
+/// Lists the products of the unchanged runs in `staged_products`, one by one.
+pub(super) async fn list_unchanged(
+    connection: &mut SqliteConnection,
+    store_id: i64,
+    marks: Marks,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::EXPAND_UNCHANGED_RUNS)
+        .bind(store_id)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(sql::FORGET_UNCHANGED_RUNS)
+        .execute(&mut *connection)
+        .await?;
+    if marks == Marks::Dropped {
+        for restore in [
+            sql::RESTORE_VALUES_FROM_PREIMAGES.as_str(),
+            sql::RESTORE_VALUES_FROM_STORED.as_str(),
+        ] {
+            sqlx::query(restore)
+                .bind(store_id)
+                .execute(&mut *connection)
+                .await?;
+        }
+        sqlx::query(sql::SPLIT_BARCODES_OF_UNCHANGED.as_str())
+            .execute(&mut *connection)
+            .await?;
+        sqlx::query(sql::FORGET_UNCHANGED)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Looks up a batch's stored products (with `lookups`) and binds its statements.
 fn prepare_batch(
     lookups: Option<&BatchLookups>,
@@ -382,8 +473,8 @@ fn prepare_batch(
     batch: Vec<StagedProduct>,
 ) -> PreparedBatch {
     let started = Instant::now();
-    let matches = match lookups.map(|lookups| lookups.match_batch(store_id, &batch)) {
-        Some(Ok(matches)) => Some(matches),
+    let looked_up = match lookups.map(|lookups| lookups.match_batch(store_id, &batch)) {
+        Some(Ok(looked_up)) => Some(looked_up),
         Some(Err(error)) => {
             // It only saves work: the merge resolves what it did not.
             tracing::warn!(%error, "a lookup of stored products failed; staging without them");
@@ -391,56 +482,68 @@ fn prepare_batch(
         }
         None => None,
     };
-    let looked_up = Instant::now();
+    let bound_from = Instant::now();
     let stream = StagedStream::of(&batch);
-    let statements = match &matches {
-        Some(matches) => bind_batch(batch, matches),
+    let statements = match &looked_up {
+        Some(looked_up) => bind_batch(batch, &looked_up.matches, looked_up.generation),
         None => {
             let unmatched = vec![None; batch.len()];
-            bind_batch(batch, &unmatched)
+            bind_batch(batch, &unmatched, 0)
         }
     };
     PreparedBatch {
         statements,
-        matches,
+        matches: looked_up.map(|looked_up| looked_up.matches),
         stream,
-        looking_up: looked_up - started,
-        binding: looked_up.elapsed(),
+        looking_up: bound_from - started,
+        binding: bound_from.elapsed(),
     }
 }
 
 /// The INSERT statements that stage one batch, as one query with its values bound, each
-/// product with what its lookup found (if any). The values move from the products into the
-/// query: nothing is copied on the way.
+/// product with what its lookup (at sync generation `looked_up_at`) found, if anything.
+/// Products marked unchanged are staged as runs, without their values: most of a re-sync,
+/// and no check or write needs them unless the marks go stale (see `sql::RESTORE_VALUES_*`).
+/// The values move from the products into the query: nothing is copied on the way.
 fn bind_batch(
     products: Vec<StagedProduct>,
     matches: &[Option<StoredMatch>],
+    looked_up_at: i64,
 ) -> QueryBuilder<Sqlite> {
     let mut query = QueryBuilder::<Sqlite>::new("");
+    let mut runs = UnchangedRuns::default();
     let mut barcodes: Vec<(i64, String)> = Vec::new();
-    let chunks = products.len().div_ceil(PRODUCTS_PER_INSERT);
-    let mut rows = products.into_iter().zip(matches.iter().copied());
-    for _ in 0..chunks {
+    // The unchanged products are gathered into runs as the others are bound.
+    let mut changed = products
+        .into_iter()
+        .zip(matches.iter().copied())
+        .filter(|(product, stored)| match stored {
+            Some(stored) if stored.unchanged => {
+                runs.add(
+                    product.index as i64,
+                    stored.product_id,
+                    sent_fields(&product.change),
+                );
+                false
+            }
+            _ => true,
+        })
+        .peekable();
+    while changed.peek().is_some() {
         query.push(sql::INSERT_STAGED_PRODUCTS);
         query.push_values(
-            rows.by_ref().take(PRODUCTS_PER_INSERT),
+            changed.by_ref().take(PRODUCTS_PER_INSERT),
             |mut row, (product, stored)| {
                 let index = product.index as i64;
                 let change = product.change;
-                let unchanged = stored.is_some_and(|stored| stored.unchanged);
                 let joined_barcodes = change.barcodes.as_ref().map(Barcodes::joined);
-                // Only changed products take part in the checks (see `unchanged.rs`), and
-                // in a re-sync most are unchanged: theirs stay in the joined list, split
-                // out only should the merge find the marks stale.
-                if !unchanged {
-                    barcodes.extend(
-                        change
-                            .barcodes
-                            .into_iter()
-                            .flat_map(Barcodes::into_vec)
-                            .map(|barcode| (index, barcode)),
-                    );
-                }
+                barcodes.extend(
+                    change
+                        .barcodes
+                        .into_iter()
+                        .flat_map(Barcodes::into_vec)
+                        .map(|barcode| (index, barcode)),
+                );
                 row.push_bind(index)
                     .push_bind(change.external_id)
                     .push_bind(joined_barcodes)
@@ -453,9 +556,22 @@ fn bind_batch(
                     .push_bind(change.category.map(|category| category.code()))
                     .push_bind(product.skipped)
                     .push_bind(stored.map(|stored| stored.product_id))
-                    .push_bind(unchanged);
+                    .push_bind(stored.is_some_and(|stored| stored.barcodes_kept));
             },
         );
+        query.push(";\n");
+    }
+    drop(changed);
+    let mut runs = runs.0.into_iter();
+    for _ in 0..runs.len().div_ceil(PRODUCTS_PER_INSERT) {
+        query.push(sql::INSERT_UNCHANGED_RUNS);
+        query.push_values(runs.by_ref().take(PRODUCTS_PER_INSERT), |mut row, run| {
+            row.push_bind(run.first_index)
+                .push_bind(run.first_product_id)
+                .push_bind(run.products)
+                .push_bind(run.sent_fields)
+                .push_bind(looked_up_at);
+        });
         query.push(";\n");
     }
     let mut barcodes = barcodes.into_iter();
@@ -472,9 +588,94 @@ fn bind_batch(
     query
 }
 
+/// Products marked unchanged, in stream order, gathered into runs of `staged_unchanged`.
+#[derive(Debug, Default, PartialEq)]
+struct UnchangedRuns(Vec<UnchangedRun>);
+
+/// Consecutive stream positions that are consecutive stored products, sending the same
+/// fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct UnchangedRun {
+    first_index: i64,
+    first_product_id: i64,
+    products: i64,
+    sent_fields: i64,
+}
+
+impl UnchangedRuns {
+    /// Adds the product at stream position `index`, stored as `product_id`; positions come
+    /// in increasing order.
+    fn add(&mut self, index: i64, product_id: i64, sent_fields: i64) {
+        if let Some(last) = self.0.last_mut()
+            && last.first_index + last.products == index
+            && last.first_product_id + last.products == product_id
+            && last.sent_fields == sent_fields
+        {
+            last.products += 1;
+            return;
+        }
+        self.0.push(UnchangedRun {
+            first_index: index,
+            first_product_id: product_id,
+            products: 1,
+            sent_fields,
+        });
+    }
+}
+
+/// Which fields a product sends, as `staged_products.sent_fields` bits.
+fn sent_fields(change: &ProductChange) -> i64 {
+    [
+        (change.barcodes.is_some(), sql::SENT_BARCODES),
+        (change.in_stock.is_some(), sql::SENT_IN_STOCK),
+        (change.price.is_some(), sql::SENT_PRICE),
+        (change.name.is_some(), sql::SENT_NAME),
+        (change.unit_size.is_some(), sql::SENT_UNIT_SIZE),
+        (change.abv.is_some(), sql::SENT_ABV),
+        (change.proof.is_some(), sql::SENT_PROOF),
+        (change.category.is_some(), sql::SENT_CATEGORY),
+    ]
+    .into_iter()
+    .filter(|(sent, _)| *sent)
+    .fold(0, |bits, (_, bit)| bits | bit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unchanged_products_in_stored_order_make_one_run() {
+        let mut runs = UnchangedRuns::default();
+        for (index, product_id) in [(0, 10), (1, 11), (2, 12)] {
+            runs.add(index, product_id, 3);
+        }
+        assert_eq!(
+            runs.0,
+            [UnchangedRun {
+                first_index: 0,
+                first_product_id: 10,
+                products: 3,
+                sent_fields: 3,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_run_ends_at_a_gap_in_positions_or_ids_or_other_fields_sent() {
+        let mut runs = UnchangedRuns::default();
+        // 0-1 a run; 3 skips a position; 4 jumps back in ids; 5 sends other fields.
+        for (index, product_id, sent) in [(0, 10, 1), (1, 11, 1), (3, 13, 1), (4, 2, 1), (5, 3, 2)]
+        {
+            runs.add(index, product_id, sent);
+        }
+        let runs: Vec<(i64, i64, i64)> = runs
+            .0
+            .iter()
+            .map(|run| (run.first_index, run.first_product_id, run.products))
+            .collect();
+        assert_eq!(runs, [(0, 10, 2), (3, 13, 1), (4, 2, 1), (5, 3, 1)]);
+    }
 
     /// The limit SQLite holds now (a negative argument only reads it).
     fn heap_limit() -> i64 {
