@@ -1,9 +1,13 @@
 //! SQLite: the embedded default. One file in WAL mode, so readers never wait for the
 //! writer; a sync stages into its connection's temporary database, which takes no lock on
 //! the main file (`staging.rs`), and holds the write lock only for its final merge
-//! (`merge.rs`). Reads, the matching queue, tokens and the history are in `reads.rs`,
-//! `tokens.rs` and `history.rs`; every statement is in `sql.rs`.
+//! (`merge.rs`); each batch is looked up and bound on its way in (`batches.rs`), and each
+//! running sync has a share of SQLite's heap (`heap.rs`). Reads, the matching queue, tokens
+//! and the history are in `reads.rs`, `tokens.rs` and `history.rs`; every statement is in
+//! `sql.rs`.
 
+mod batches;
+mod heap;
 mod history;
 mod merge;
 mod point_reads;
@@ -70,7 +74,7 @@ impl SqliteBackend {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         }
         drop(migrations_lock);
-        staging::HeapShare::adjust(0);
+        heap::HeapShare::adjust(0);
         let point_reads = (!is_in_memory(url)).then(|| {
             Arc::new(PointReads::new(
                 pool.connect_options().get_filename().to_owned(),
