@@ -2,10 +2,12 @@
 //! gRPC, on SQLite and (when reachable) PostgreSQL, against the plainest bulk write each
 //! database can do with no service around it.
 //!
-//! `cargo bench --bench sync [-- --products N] [-- --backend sqlite|postgres]`
+//! `cargo bench --bench sync [-- --products N] [-- --rounds N] [-- --backend sqlite|postgres]`
 //!
 //! Prints, per case: wall time, products per second, and the server's peak RSS (VmHWM,
-//! reset before each case), then the ratios the targets are stated in.
+//! reset before each case), then the ratios the targets are stated in: the cases they
+//! compare run in rounds on fresh databases, and each ratio's median over the rounds is
+//! given with every round's.
 
 mod support;
 
@@ -21,6 +23,9 @@ use support::{Backend, Server, fresh_database};
 
 const MESSAGE_SIZE: usize = 1_000;
 const DEFAULT_PRODUCTS: usize = 1_000_000;
+/// Rounds of the cases the targets are stated in; their ratios' medians are reported. Each
+/// case of a round runs once, and this machine's load drifts over seconds.
+const DEFAULT_ROUNDS: usize = 3;
 const CONCURRENT_SYNCS: usize = 100;
 const CONCURRENT_PRODUCTS: usize = 5_000;
 const SMALL_STORE: usize = 1_000;
@@ -30,6 +35,7 @@ const TINY_SYNCS: usize = 50;
 
 struct Options {
     products: usize,
+    rounds: usize,
     backends: Vec<Backend>,
 }
 
@@ -37,6 +43,7 @@ fn options() -> Options {
     let mut args = std::env::args().skip(1);
     let mut options = Options {
         products: DEFAULT_PRODUCTS,
+        rounds: DEFAULT_ROUNDS,
         backends: vec![Backend::Sqlite, Backend::Postgres],
     };
     while let Some(arg) = args.next() {
@@ -46,6 +53,13 @@ fn options() -> Options {
                     .next()
                     .and_then(|n| n.parse().ok())
                     .expect("--products takes a number")
+            }
+            "--rounds" => {
+                options.rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--rounds takes a number from 1")
             }
             "--backend" => {
                 options.backends = match args.next().as_deref() {
@@ -491,10 +505,74 @@ async fn postgres_copy_limit(url: &str, rows: &[pb::ProductUpdate]) {
     tx.commit().await.unwrap();
 }
 
-async fn bench(backend: Backend, products: usize, dir: &std::path::Path) -> Option<()> {
-    let main_url = fresh_database(backend, dir, "main").await?;
-    let empty_url = fresh_database(backend, dir, "empty").await?;
-    let limit_url = fresh_database(backend, dir, "limit").await?;
+/// The cases whose ratios the targets are stated in, measured once on fresh databases.
+struct Round {
+    /// Its main database, which holds the big store.
+    main_url: String,
+    small: Measured,
+    create: Measured,
+    resync: Measured,
+    changed: Measured,
+    concurrent: Measured,
+    succeeded: usize,
+    limit: Measured,
+}
+
+impl Round {
+    /// The ratios the targets are stated in: (name, value, target).
+    fn ratios(&self, create_target: f64) -> Vec<(String, f64, String)> {
+        let products = self.create.products;
+        let small = self.small.products;
+        vec![
+            (
+                "create / database limit".into(),
+                self.create.seconds / self.limit.seconds,
+                format!("<= {create_target}"),
+            ),
+            (
+                "unchanged re-sync / create".into(),
+                self.resync.seconds / self.create.seconds,
+                "<= 0.4".into(),
+            ),
+            (
+                "10% changed, clear / create".into(),
+                self.changed.seconds / self.create.seconds,
+                "<= 0.6".into(),
+            ),
+            (
+                format!("peak RSS {products}, MiB"),
+                self.create.peak_mib,
+                "<= 64".into(),
+            ),
+            (
+                format!("peak RSS {products} / {small}"),
+                self.create.peak_mib / self.small.peak_mib,
+                "<= 1.2".into(),
+            ),
+            (
+                format!("peak RSS, {CONCURRENT_SYNCS} syncs at once, MiB"),
+                self.concurrent.peak_mib,
+                "<= 128".into(),
+            ),
+            (
+                "concurrent / single rate".into(),
+                self.concurrent.rate() / self.create.rate(),
+                format!(">= 0.8; {}/{CONCURRENT_SYNCS} succeeded", self.succeeded),
+            ),
+        ]
+    }
+}
+
+/// One round on fresh databases: a small and a big create, the big store re-synced as it is
+/// and with a tenth changed, many small syncs at once, and the database's own limit.
+async fn round(
+    backend: Backend,
+    products: usize,
+    dir: &std::path::Path,
+    number: usize,
+) -> Option<Round> {
+    let main_url = fresh_database(backend, dir, &format!("main{number}")).await?;
+    let limit_url = fresh_database(backend, dir, &format!("limit{number}")).await?;
     let small = (products / 10).max(1);
 
     let server = Server::start(&main_url);
@@ -546,11 +624,51 @@ async fn bench(backend: Backend, products: usize, dir: &std::path::Path) -> Opti
         &format!("{CONCURRENT_SYNCS} concurrent syncs of {CONCURRENT_PRODUCTS} ({succeeded} ok)"),
         &concurrent,
     );
+    drop(server);
 
+    let limit = database_limit(&limit_url, products).await;
+    print(
+        backend,
+        &format!("{products} database limit (no service)"),
+        &limit,
+    );
+    Some(Round {
+        main_url,
+        small: sync_small,
+        create,
+        resync,
+        changed,
+        concurrent,
+        succeeded,
+        limit,
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+async fn bench(
+    backend: Backend,
+    products: usize,
+    rounds: usize,
+    dir: &std::path::Path,
+) -> Option<()> {
+    let mut measured = Vec::new();
+    for number in 0..rounds {
+        println!("{backend:?} round {}:", number + 1);
+        measured.push(round(backend, products, dir, number).await?);
+    }
+
+    // The cases outside the rounds, on a store beside the last round's products.
+    let main_url = &measured.last().expect("at least one round").main_url;
+    let empty_url = fresh_database(backend, dir, "empty").await?;
+    let server = Server::start(main_url);
     if backend == Backend::Sqlite {
         push_memory(&server, dir, products).await;
     }
-
     timed_sync(&server, header(9_000, false), SMALL_STORE, |_| false).await;
     let crowded_clear = timed_sync(&server, header(9_000, true), SMALL_STORE, |n| n % 2 == 0).await;
     print(
@@ -571,52 +689,30 @@ async fn bench(backend: Backend, products: usize, dir: &std::path::Path) -> Opti
     let small_sync = small_syncs(&server).await;
     drop(server);
 
-    let limit = database_limit(&limit_url, products).await;
-    print(
-        backend,
-        &format!("{products} database limit (no service)"),
-        &limit,
-    );
-
     let (create_target, name) = match backend {
         Backend::Sqlite => (1.5, "SQLite"),
         Backend::Postgres => (2.0, "PostgreSQL"),
     };
-    println!("{name} ratios (target):");
+    println!("{name} ratios, median of {rounds} rounds on fresh databases (each round's; target):");
+    let per_round: Vec<_> = measured
+        .iter()
+        .map(|round| round.ratios(create_target))
+        .collect();
+    for (position, (label, _, target)) in per_round[0].iter().enumerate() {
+        let values: Vec<f64> = per_round.iter().map(|ratios| ratios[position].1).collect();
+        let each: Vec<String> = values.iter().map(|value| format!("{value:.2}")).collect();
+        println!(
+            "  {label:<40} {:>7.2}  ({}; {target})",
+            median(&values),
+            each.join(" ")
+        );
+    }
     println!(
-        "  create / database limit        {:>6.2}  (<= {create_target})",
-        create.seconds / limit.seconds
-    );
-    println!(
-        "  unchanged re-sync / create     {:>6.2}  (<= 0.4)",
-        resync.seconds / create.seconds
-    );
-    println!(
-        "  10% changed, clear / create    {:>6.2}  (<= 0.6)",
-        changed.seconds / create.seconds
-    );
-    println!(
-        "  peak RSS {products}               {:>6.1} MiB  (<= 64)",
-        create.peak_mib
-    );
-    println!(
-        "  peak RSS {products} / {small}       {:>6.2}  (<= 1.2)",
-        create.peak_mib / sync_small.peak_mib,
-    );
-    println!(
-        "  peak RSS, {CONCURRENT_SYNCS} syncs at once     {:>6.1} MiB  (<= 128)",
-        concurrent.peak_mib
-    );
-    println!(
-        "  concurrent / single rate       {:>6.2}  (>= 0.8; {succeeded}/{CONCURRENT_SYNCS} succeeded)",
-        concurrent.rate() / create.rate()
-    );
-    println!(
-        "  small sync ({TINY_STORE}, clear), median  {:>6.2} ms  (<= 5; p90 {:.2} ms)",
+        "  small sync ({TINY_STORE}, clear), median    {:>7.2} ms  (<= 5; p90 {:.2} ms)",
         small_sync.0, small_sync.1
     );
     println!(
-        "  crowded / lonely clear         {:>6.2}  (<= 3)",
+        "  crowded / lonely clear                   {:>7.2}  (<= 3)",
         crowded_clear.seconds / lonely_clear.seconds
     );
     Some(())
@@ -633,7 +729,10 @@ async fn main() {
     );
     for backend in options.backends {
         let started = Instant::now();
-        if bench(backend, options.products, dir.path()).await.is_none() {
+        if bench(backend, options.products, options.rounds, dir.path())
+            .await
+            .is_none()
+        {
             println!("{backend:?}: database unreachable, skipped");
         }
         println!(
