@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::clock::now_micros;
 use crate::pb;
 use crate::quote::quoted;
-use crate::store::{CatalogItemFields, Claimant, Database, ProductRecord, StoreError};
+use crate::store::{CatalogItemFields, Claimant, Database, ProductRecord, ProductRef, StoreError};
 use crate::sync::{FieldError, MAX_NAME_CHARS, Violation, Violations, check_text};
 
 /// Longest catalog producer name, in characters.
@@ -156,17 +156,17 @@ impl MatchQueue {
     /// PENDING -> IN_PROGRESS, claimed by the caller's token.
     pub async fn claim(
         &self,
-        product_id: i64,
+        product: ProductRef,
         caller: &Principal,
     ) -> Result<ProductRecord, MatchError> {
-        check_product_id(product_id)?;
+        check_product(product)?;
         self.expire_claims().await?;
         let moved = self
             .database
-            .claim(product_id, &claimant(caller), now_micros())
+            .claim(product, &claimant(caller), now_micros())
             .await?;
         self.after_transition(
-            product_id,
+            product,
             None,
             moved,
             "only a pending product can be claimed",
@@ -177,11 +177,11 @@ impl MatchQueue {
     /// PENDING or IN_PROGRESS -> COMPLETE, storing the catalog item and who matched it.
     pub async fn complete(
         &self,
-        product_id: i64,
+        product: ProductRef,
         item: &CatalogItem,
         caller: &Principal,
     ) -> Result<ProductRecord, MatchError> {
-        check_product_id(product_id)?;
+        check_product(product)?;
         self.expire_claims().await?;
         let fields = CatalogItemFields {
             id: item.id,
@@ -192,10 +192,10 @@ impl MatchQueue {
         };
         let moved = self
             .database
-            .complete(product_id, &fields, &claimant(caller), now_micros())
+            .complete(product, &fields, &claimant(caller), now_micros())
             .await?;
         self.after_transition(
-            product_id,
+            product,
             Some(caller),
             moved,
             "only a pending or in-progress product can be completed",
@@ -206,14 +206,14 @@ impl MatchQueue {
     /// IN_PROGRESS -> PENDING: a matcher gives up.
     pub async fn release(
         &self,
-        product_id: i64,
+        product: ProductRef,
         caller: &Principal,
     ) -> Result<ProductRecord, MatchError> {
-        check_product_id(product_id)?;
+        check_product(product)?;
         self.expire_claims().await?;
-        let moved = self.database.release(product_id, &claimant(caller)).await?;
+        let moved = self.database.release(product, &claimant(caller)).await?;
         self.after_transition(
-            product_id,
+            product,
             Some(caller),
             moved,
             "only a product in progress can be released",
@@ -225,14 +225,15 @@ impl MatchQueue {
     /// the caller of a transition that only the claim's token (or an admin) may make.
     async fn after_transition(
         &self,
-        product_id: i64,
+        transitioned: ProductRef,
         claimant: Option<&Principal>,
         moved: bool,
         action: &'static str,
     ) -> Result<ProductRecord, MatchError> {
+        let product_id = transitioned.id;
         let product = self
             .database
-            .product_by_id(product_id)
+            .product_by_id(transitioned)
             .await?
             .ok_or(MatchError::NotFound { product_id })?;
         if moved {
@@ -265,11 +266,19 @@ fn claimant(caller: &Principal) -> Claimant<'_> {
     }
 }
 
-fn check_product_id(product_id: i64) -> Result<(), MatchError> {
-    if product_id <= 0 {
+fn check_product(product: ProductRef) -> Result<(), MatchError> {
+    if product.id <= 0 {
         return Err(invalid(
             "product_id",
-            format!("product_id is {product_id}; it must be > 0"),
+            format!("product_id is {}; it must be > 0", product.id),
+        ));
+    }
+    if let Some(store_id) = product.store_id
+        && store_id <= 0
+    {
+        return Err(invalid(
+            "store_id",
+            format!("store_id is {store_id}; it must be > 0 when given"),
         ));
     }
     Ok(())

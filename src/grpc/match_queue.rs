@@ -9,7 +9,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::matching::{CatalogItem, MatchError, MatchQueue};
 use crate::pb;
 use crate::pb::match_queue_server;
-use crate::store::{Database, PendingFilter};
+use crate::store::{Database, PendingFilter, ProductRef};
 
 /// Serves the matching queue of one database.
 #[derive(Debug, Clone)]
@@ -89,7 +89,11 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         let principal = self.check_matcher(&request).await?;
         let request = request.into_inner();
         // `claimed_by` of the request is ignored: a claim is the caller's token's.
-        let product = self.queue.claim(request.product_id, &principal).await?;
+        let product = ProductRef {
+            id: request.product_id,
+            store_id: request.store_id,
+        };
+        let product = self.queue.claim(product, &principal).await?;
         Ok(Response::new(product.into()))
     }
 
@@ -100,10 +104,11 @@ impl match_queue_server::MatchQueue for MatchQueueService {
         let principal = self.check_matcher(&request).await?;
         let request = request.into_inner();
         let item = CatalogItem::from_wire(request.catalog_item).map_err(MatchError::Invalid)?;
-        let product = self
-            .queue
-            .complete(request.product_id, &item, &principal)
-            .await?;
+        let product = ProductRef {
+            id: request.product_id,
+            store_id: request.store_id,
+        };
+        let product = self.queue.complete(product, &item, &principal).await?;
         Ok(Response::new(product.into()))
     }
 
@@ -113,7 +118,11 @@ impl match_queue_server::MatchQueue for MatchQueueService {
     ) -> Result<Response<pb::Product>, Status> {
         let principal = self.check_matcher(&request).await?;
         let request = request.into_inner();
-        let product = self.queue.release(request.product_id, &principal).await?;
+        let product = ProductRef {
+            id: request.product_id,
+            store_id: request.store_id,
+        };
+        let product = self.queue.release(product, &principal).await?;
         Ok(Response::new(product.into()))
     }
 }

@@ -22,7 +22,7 @@ pub use merge::{
 };
 pub use records::{
     CatalogItemFields, Claimant, PendingFilter, ProductFilter, ProductKey, ProductRecord,
-    StagedProduct,
+    ProductRef, StagedProduct,
 };
 pub use tokens::{NewToken, TokenRecord};
 
@@ -229,7 +229,8 @@ pub trait ProductReads: Send + Sync + fmt::Debug {
     ) -> Result<Vec<ProductRecord>, StoreError>;
 
     /// One product by the service's own id.
-    async fn product_by_id(&self, product_id: i64) -> Result<Option<ProductRecord>, StoreError>;
+    async fn product_by_id(&self, product: ProductRef)
+    -> Result<Option<ProductRecord>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -259,7 +260,7 @@ pub trait MatchQueueStore: Send + Sync {
     /// pending (or is unknown).
     async fn claim(
         &self,
-        product_id: i64,
+        product: ProductRef,
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError>;
@@ -268,7 +269,7 @@ pub trait MatchQueueStore: Send + Sync {
     /// its catalog item; `false` if it was neither (or is unknown).
     async fn complete(
         &self,
-        product_id: i64,
+        product: ProductRef,
         item: &CatalogItemFields<'_>,
         claimant: &Claimant<'_>,
         now: i64,
@@ -276,7 +277,11 @@ pub trait MatchQueueStore: Send + Sync {
 
     /// Moves an in-progress product that `claimant` may release back to pending; `false` if
     /// it was not in progress or is another's.
-    async fn release(&self, product_id: i64, claimant: &Claimant<'_>) -> Result<bool, StoreError>;
+    async fn release(
+        &self,
+        product: ProductRef,
+        claimant: &Claimant<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Makes products claimed before `claimed_before` pending again; how many.
     async fn expire_claims(&self, claimed_before: i64) -> Result<u64, StoreError>;

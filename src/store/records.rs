@@ -12,6 +12,14 @@ pub struct StagedProduct {
     pub skipped: bool,
 }
 
+/// A product by the service's own id, with its store when the caller knows it: then every
+/// statement names the store, and a product of another store is not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductRef {
+    pub id: i64,
+    pub store_id: Option<i64>,
+}
+
 /// How a single product is looked up.
 #[derive(Debug, Clone)]
 pub enum ProductKey {

@@ -20,6 +20,7 @@ mod outage;
 mod push;
 mod reads;
 mod replicas;
+mod schema;
 mod serving;
 mod sync_counts;
 mod tls;

@@ -76,6 +76,59 @@ backend_tests! {
         assert_eq!(pending(&mut queue, wine).await, ["w1", "w2", "w3"]);
     }
 
+    async fn a_queue_call_that_names_the_store_finds_only_that_stores_product(server) {
+        let mut client = server.client().await;
+        let mut queue = MatchQueueClient::new(server.channel().await);
+        sync(&mut client, header(STORE), vec![categorized("a", pb::Category::Wine), categorized("b", pb::Category::Wine)])
+            .await
+            .unwrap();
+        let (a, b) = (product_id(&mut client, "a").await, product_id(&mut client, "b").await);
+        let elsewhere = Some(STORE + 1);
+
+        // Named with another store, the product is not found, and nothing changes.
+        let status = queue
+            .claim(pb::ClaimRequest { product_id: a, store_id: elsewhere, ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        let status = queue
+            .complete(pb::CompleteRequest { product_id: b, store_id: elsewhere, catalog_item: Some(catalog_item(3)) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        assert_eq!(pending(&mut queue, pb::ListPendingRequest::default()).await, ["a", "b"]);
+
+        // Named with its own, the call works as without a store.
+        let claimed = queue
+            .claim(pb::ClaimRequest { product_id: a, store_id: Some(STORE), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((claimed.id, claimed.match_status), (a, pb::MatchStatus::InProgress as i32));
+        let status = queue.release(pb::ReleaseRequest { product_id: a, store_id: elsewhere }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        let released = queue
+            .release(pb::ReleaseRequest { product_id: a, store_id: Some(STORE) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(released.match_status, pb::MatchStatus::Pending as i32);
+        let completed = queue
+            .complete(pb::CompleteRequest { product_id: b, store_id: Some(STORE), catalog_item: Some(catalog_item(3)) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(completed.match_status, pb::MatchStatus::Complete as i32);
+
+        for store_id in [0, -4] {
+            let status = queue
+                .claim(pb::ClaimRequest { product_id: a, store_id: Some(store_id), ..Default::default() })
+                .await
+                .unwrap_err();
+            assert_eq!(violated_fields(&status), ["store_id"], "{status:?}");
+        }
+    }
+
     async fn a_product_goes_from_pending_to_claimed_to_complete_and_the_store_reads_it_back(server) {
         let mut client = server.client().await;
         let mut queue = MatchQueueClient::new(server.channel().await);
@@ -85,7 +138,7 @@ backend_tests! {
         let id = product_id(&mut client, "w1").await;
 
         let claimed = queue
-            .claim(pb::ClaimRequest { product_id: id, claimed_by: "ana".into() })
+            .claim(pb::ClaimRequest { product_id: id, claimed_by: "ana".into(), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -97,7 +150,7 @@ backend_tests! {
         assert_eq!(pending(&mut queue, with_claimed).await, ["w1", "w2"]);
 
         let completed = queue
-            .complete(pb::CompleteRequest { product_id: id, catalog_item: Some(catalog_item(9001)) })
+            .complete(pb::CompleteRequest { product_id: id, catalog_item: Some(catalog_item(9001)), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -132,16 +185,16 @@ backend_tests! {
         let a = product_id(&mut client, "a").await;
         let b = product_id(&mut client, "b").await;
 
-        queue.claim(pb::ClaimRequest { product_id: a, claimed_by: "ana".into() }).await.unwrap();
-        let released = queue.release(pb::ReleaseRequest { product_id: a }).await.unwrap().into_inner();
+        queue.claim(pb::ClaimRequest { product_id: a, claimed_by: "ana".into(), ..Default::default() }).await.unwrap();
+        let released = queue.release(pb::ReleaseRequest { product_id: a, ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(released.match_status, pb::MatchStatus::Pending as i32);
         assert_eq!(released.claimed_by, "");
         // Released, it can be claimed again.
-        let again = queue.claim(pb::ClaimRequest { product_id: a, claimed_by: "ben".into() }).await.unwrap();
+        let again = queue.claim(pb::ClaimRequest { product_id: a, claimed_by: "ben".into(), ..Default::default() }).await.unwrap();
         assert_eq!(again.into_inner().match_status, pb::MatchStatus::InProgress as i32);
 
         let completed = queue
-            .complete(pb::CompleteRequest { product_id: b, catalog_item: Some(catalog_item(7)) })
+            .complete(pb::CompleteRequest { product_id: b, catalog_item: Some(catalog_item(7)), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -154,33 +207,33 @@ backend_tests! {
         sync(&mut client, header(STORE), vec![stocked("p", 1), stocked("c", 1)]).await.unwrap();
         let p = product_id(&mut client, "p").await;
         let c = product_id(&mut client, "c").await;
-        queue.complete(pb::CompleteRequest { product_id: c, catalog_item: Some(catalog_item(1)) }).await.unwrap();
+        queue.complete(pb::CompleteRequest { product_id: c, catalog_item: Some(catalog_item(1)), ..Default::default() }).await.unwrap();
 
         let code = |result: Result<tonic::Response<pb::Product>, tonic::Status>| result.unwrap_err().code();
         // Releasing a pending product, claiming or completing a complete one.
-        assert_eq!(code(queue.release(pb::ReleaseRequest { product_id: p }).await), tonic::Code::FailedPrecondition);
-        let claim_complete = queue.claim(pb::ClaimRequest { product_id: c, claimed_by: "ana".into() }).await;
+        assert_eq!(code(queue.release(pb::ReleaseRequest { product_id: p, ..Default::default() }).await), tonic::Code::FailedPrecondition);
+        let claim_complete = queue.claim(pb::ClaimRequest { product_id: c, claimed_by: "ana".into(), ..Default::default() }).await;
         let status = claim_complete.unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains("MATCH_STATUS_COMPLETE"), "{}", status.message());
-        let complete_again = queue.complete(pb::CompleteRequest { product_id: c, catalog_item: Some(catalog_item(2)) }).await;
+        let complete_again = queue.complete(pb::CompleteRequest { product_id: c, catalog_item: Some(catalog_item(2)), ..Default::default() }).await;
         assert_eq!(code(complete_again), tonic::Code::FailedPrecondition);
         // Claiming a claimed product.
-        queue.claim(pb::ClaimRequest { product_id: p, claimed_by: "ana".into() }).await.unwrap();
-        let twice = queue.claim(pb::ClaimRequest { product_id: p, claimed_by: "ben".into() }).await;
+        queue.claim(pb::ClaimRequest { product_id: p, claimed_by: "ana".into(), ..Default::default() }).await.unwrap();
+        let twice = queue.claim(pb::ClaimRequest { product_id: p, claimed_by: "ben".into(), ..Default::default() }).await;
         assert_eq!(code(twice), tonic::Code::FailedPrecondition);
 
         // Unknown products.
         let unknown = 987_654;
-        assert_eq!(code(queue.claim(pb::ClaimRequest { product_id: unknown, claimed_by: "a".into() }).await), tonic::Code::NotFound);
-        assert_eq!(code(queue.release(pb::ReleaseRequest { product_id: unknown }).await), tonic::Code::NotFound);
-        let complete_unknown = queue.complete(pb::CompleteRequest { product_id: unknown, catalog_item: Some(catalog_item(3)) }).await;
+        assert_eq!(code(queue.claim(pb::ClaimRequest { product_id: unknown, claimed_by: "a".into(), ..Default::default() }).await), tonic::Code::NotFound);
+        assert_eq!(code(queue.release(pb::ReleaseRequest { product_id: unknown, ..Default::default() }).await), tonic::Code::NotFound);
+        let complete_unknown = queue.complete(pb::CompleteRequest { product_id: unknown, catalog_item: Some(catalog_item(3)), ..Default::default() }).await;
         assert_eq!(code(complete_unknown), tonic::Code::NotFound);
 
         // Bad requests.
-        let empty_item = queue.complete(pb::CompleteRequest { product_id: p, catalog_item: Some(pb::CatalogItem::default()) }).await;
+        let empty_item = queue.complete(pb::CompleteRequest { product_id: p, catalog_item: Some(pb::CatalogItem::default()), ..Default::default() }).await;
         assert_eq!(violated_fields(&empty_item.unwrap_err()), ["catalog_item.id"]);
-        let no_item = queue.complete(pb::CompleteRequest { product_id: p, catalog_item: None }).await;
+        let no_item = queue.complete(pb::CompleteRequest { product_id: p, catalog_item: None, ..Default::default() }).await;
         assert_eq!(violated_fields(&no_item.unwrap_err()), ["catalog_item"]);
 
         let still = get(&mut client, STORE, "p").await.unwrap();
@@ -196,8 +249,8 @@ backend_tests! {
             .unwrap();
         let m = product_id(&mut client, "m").await;
         let claimed = product_id(&mut client, "claimed").await;
-        queue.complete(pb::CompleteRequest { product_id: m, catalog_item: Some(catalog_item(42)) }).await.unwrap();
-        queue.claim(pb::ClaimRequest { product_id: claimed, claimed_by: "ana".into() }).await.unwrap();
+        queue.complete(pb::CompleteRequest { product_id: m, catalog_item: Some(catalog_item(42)), ..Default::default() }).await.unwrap();
+        queue.claim(pb::ClaimRequest { product_id: claimed, claimed_by: "ana".into(), ..Default::default() }).await.unwrap();
 
         let changed = pb::ProductUpdate {
             name: Some("renamed".into()),
@@ -222,6 +275,7 @@ fn claim(product_id: i64) -> pb::ClaimRequest {
     pb::ClaimRequest {
         product_id,
         claimed_by: String::new(),
+        ..Default::default()
     }
 }
 
@@ -271,12 +325,16 @@ async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
             .claim(pb::ClaimRequest {
                 product_id: a,
                 claimed_by: "ben".into(),
+                ..Default::default()
             })
             .await
             .unwrap();
         assert_eq!(claimed.into_inner().claimed_by, "ana");
         let denied = ben
-            .release(pb::ReleaseRequest { product_id: a })
+            .release(pb::ReleaseRequest {
+                product_id: a,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
@@ -290,6 +348,7 @@ async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
             .complete(pb::CompleteRequest {
                 product_id: a,
                 catalog_item: item.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -306,7 +365,10 @@ async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
 
         // An admin may release anyone's claim; then another matcher claims and completes it.
         let released = boss
-            .release(pb::ReleaseRequest { product_id: a })
+            .release(pb::ReleaseRequest {
+                product_id: a,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -316,6 +378,7 @@ async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
             .complete(pb::CompleteRequest {
                 product_id: a,
                 catalog_item: item.clone(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -330,6 +393,7 @@ async fn a_claim_is_its_matchers_only_an_admin_may_take_it_over() {
             .complete(pb::CompleteRequest {
                 product_id: b,
                 catalog_item: item,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -407,7 +471,10 @@ async fn a_claim_older_than_its_ttl_is_pending_again() {
             let claimed = ben.claim(claim(a)).await.unwrap();
             assert_eq!(claimed.into_inner().claimed_by, "ben");
             let late = ana
-                .release(pb::ReleaseRequest { product_id: a })
+                .release(pb::ReleaseRequest {
+                    product_id: a,
+                    ..Default::default()
+                })
                 .await
                 .unwrap_err();
             assert_eq!(

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::{PostgresBackend, sql};
 use crate::store::{
     CatalogItemFields, Claimant, During, MatchQueueStore, PendingFilter, ProductFilter, ProductKey,
-    ProductReads, ProductRecord, StoreError,
+    ProductReads, ProductRecord, ProductRef, StoreError,
 };
 
 #[async_trait]
@@ -36,9 +36,13 @@ impl ProductReads for PostgresBackend {
             .during("listing products")
     }
 
-    async fn product_by_id(&self, product_id: i64) -> Result<Option<ProductRecord>, StoreError> {
-        sqlx::query_as(sql::SELECT_PRODUCT_BY_ID)
-            .bind(product_id)
+    async fn product_by_id(
+        &self,
+        product: ProductRef,
+    ) -> Result<Option<ProductRecord>, StoreError> {
+        let query =
+            sqlx::query_as(sql::SELECT_PRODUCT_BY_ID.for_store(product.store_id)).bind(product.id);
+        in_store(query, product.store_id)
             .fetch_optional(&self.pool)
             .await
             .during("reading a product by id")
@@ -76,12 +80,13 @@ impl MatchQueueStore for PostgresBackend {
         limit: i64,
     ) -> Result<Vec<ProductRecord>, StoreError> {
         let highest_status = if filter.include_in_progress { 2 } else { 1 };
-        sqlx::query_as(sql::SELECT_PENDING_PAGE)
+        let store_id = (filter.store_id != 0).then_some(filter.store_id);
+        let query = sqlx::query_as(sql::SELECT_PENDING_PAGE.for_store(store_id))
             .bind(after_id)
             .bind(highest_status)
-            .bind(filter.store_id)
             .bind(filter.category)
-            .bind(limit)
+            .bind(limit);
+        in_store(query, store_id)
             .fetch_all(&self.pool)
             .await
             .during("listing the matching queue")
@@ -89,15 +94,16 @@ impl MatchQueueStore for PostgresBackend {
 
     async fn claim(
         &self,
-        product_id: i64,
+        product: ProductRef,
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let result = sqlx::query(sql::CLAIM)
-            .bind(product_id)
+        let query = sqlx::query(sql::CLAIM.for_store(product.store_id))
+            .bind(product.id)
             .bind(claimant.name)
             .bind(now)
-            .bind(claimant.token_id)
+            .bind(claimant.token_id);
+        let result = in_store(query, product.store_id)
             .execute(&self.pool)
             .await
             .during("claiming a product")?;
@@ -106,13 +112,13 @@ impl MatchQueueStore for PostgresBackend {
 
     async fn complete(
         &self,
-        product_id: i64,
+        product: ProductRef,
         item: &CatalogItemFields<'_>,
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let result = sqlx::query(sql::COMPLETE)
-            .bind(product_id)
+        let query = sqlx::query(sql::COMPLETE.for_store(product.store_id))
+            .bind(product.id)
             .bind(item.id)
             .bind(item.kind)
             .bind(item.name)
@@ -121,17 +127,23 @@ impl MatchQueueStore for PostgresBackend {
             .bind(now)
             .bind(claimant.name)
             .bind(claimant.token_id)
-            .bind(claimant.required_owner())
+            .bind(claimant.required_owner());
+        let result = in_store(query, product.store_id)
             .execute(&self.pool)
             .await
             .during("completing a match")?;
         Ok(result.rows_affected() == 1)
     }
 
-    async fn release(&self, product_id: i64, claimant: &Claimant<'_>) -> Result<bool, StoreError> {
-        let result = sqlx::query(sql::RELEASE)
-            .bind(product_id)
-            .bind(claimant.required_owner())
+    async fn release(
+        &self,
+        product: ProductRef,
+        claimant: &Claimant<'_>,
+    ) -> Result<bool, StoreError> {
+        let query = sqlx::query(sql::RELEASE.for_store(product.store_id))
+            .bind(product.id)
+            .bind(claimant.required_owner());
+        let result = in_store(query, product.store_id)
             .execute(&self.pool)
             .await
             .during("releasing a claim")?;
@@ -153,5 +165,30 @@ impl MatchQueueStore for PostgresBackend {
             .await
             .during("expiring claims")?;
         Ok(result.rows_affected())
+    }
+}
+
+/// Binds the store of a statement's form for one store (see `sql::OnProduct`), if known.
+fn in_store<Q: BindStore>(query: Q, store_id: Option<i64>) -> Q {
+    match store_id {
+        Some(store_id) => query.bind_store(store_id),
+        None => query,
+    }
+}
+
+/// The two kinds of query `in_store` binds to.
+trait BindStore {
+    fn bind_store(self, store_id: i64) -> Self;
+}
+
+impl<'q> BindStore for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_store(self, store_id: i64) -> Self {
+        self.bind(store_id)
+    }
+}
+
+impl<'q, O> BindStore for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_store(self, store_id: i64) -> Self {
+        self.bind(store_id)
     }
 }

@@ -27,13 +27,44 @@ use std::sync::LazyLock;
 /// Whether the database answers.
 pub const PING: &str = "SELECT 1";
 
-/// `$1` = the product's id.
-pub const SELECT_PRODUCT_BY_ID: &str = "
-    SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price::text AS price, p.name,
-           p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
-           p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
-           p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
-    FROM products p WHERE p.id = $1";
+/// A statement on one product by its id, in two forms: with the product's store named
+/// (the store's shard or partition alone answers) or without (every one is asked). A
+/// caller that knows the store binds it as the form's last parameter.
+pub struct OnProduct {
+    anywhere: String,
+    in_store: String,
+}
+
+impl OnProduct {
+    /// `template` says `{in_store}` where the store's condition goes, before the id's
+    /// (`store_condition`, e.g. `p.store_id = $2 AND `).
+    fn new(template: &str, store_condition: &str) -> Self {
+        OnProduct {
+            anywhere: template.replace("{in_store}", ""),
+            in_store: template.replace("{in_store}", store_condition),
+        }
+    }
+
+    /// The form for a product whose store is known or not.
+    pub fn for_store(&self, store_id: Option<i64>) -> &str {
+        match store_id {
+            Some(_) => &self.in_store,
+            None => &self.anywhere,
+        }
+    }
+}
+
+/// `$1` = the product's id; `$2` = its store.
+pub static SELECT_PRODUCT_BY_ID: LazyLock<OnProduct> = LazyLock::new(|| {
+    OnProduct::new(
+        "SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price::text AS price,
+                p.name, p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
+                p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
+                p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
+         FROM products p WHERE {in_store}p.id = $1",
+        "p.store_id = $2 AND ",
+    )
+});
 
 /// How many keys a gathered product read binds: a batch is padded up to the next of these
 /// with the empty key, which no product has (so padding finds no row to send). An array
@@ -126,43 +157,61 @@ pub const SELECT_PRODUCTS_PAGE: &str = "
 // ---- the matching queue ----
 
 /// `$1` = last id of the previous page, `$2` = the highest status wanted (1 = pending only,
-/// 2 = in progress too), `$3` = store (0 = any), `$4` = category (0 = any), `$5` = page
-/// size. Oldest first: ids grow with creation.
-pub const SELECT_PENDING_PAGE: &str = "
-    SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price::text AS price, p.name,
-           p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
-           p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
-           p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
-    FROM products p
-    WHERE p.match_status BETWEEN 1 AND $2 AND p.id > $1
-      AND ($3 = 0 OR p.store_id = $3)
-      AND ($4 = 0 OR p.category = $4)
-    ORDER BY p.id LIMIT $5";
+/// 2 = in progress too), `$3` = category (0 = any), `$4` = page size, then (in the form for
+/// one store) `$5` = the store. Oldest first: ids grow with creation.
+pub static SELECT_PENDING_PAGE: LazyLock<OnProduct> = LazyLock::new(|| {
+    OnProduct::new(
+        "SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price::text AS price,
+                p.name, p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
+                p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
+                p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
+         FROM products p
+         WHERE {in_store}p.match_status BETWEEN 1 AND $2 AND p.id > $1
+           AND ($3 = 0 OR p.category = $3)
+         ORDER BY p.id LIMIT $4",
+        "p.store_id = $5 AND ",
+    )
+});
 
 /// PENDING -> IN_PROGRESS. `$1` = product, `$2` = who claims it (a token's name), `$3` =
-/// when, `$4` = the claiming token's id.
-pub const CLAIM: &str = "
-    UPDATE products SET match_status = 2, claimed_by = $2, claimed_at = $3, claimed_by_token = $4
-    WHERE id = $1 AND match_status = 1";
+/// when, `$4` = the claiming token's id; `$5` = its store.
+pub static CLAIM: LazyLock<OnProduct> = LazyLock::new(|| {
+    OnProduct::new(
+        "UPDATE products SET match_status = 2, claimed_by = $2, claimed_at = $3,
+             claimed_by_token = $4
+         WHERE {in_store}id = $1 AND match_status = 1",
+        "store_id = $5 AND ",
+    )
+});
 
 /// PENDING or IN_PROGRESS -> COMPLETE. `$1` = product, `$2`..`$6` = the catalog item, `$7`
 /// = when, `$8` = who matched it (a token's name), `$9` = that token's id, `$10` = the
-/// token an in-progress product must be claimed by (NULL: any, for an admin).
-pub const COMPLETE: &str = "
-    UPDATE products SET match_status = 3,
-        catalog_item_id = $2, catalog_kind = $3, catalog_name = $4,
-        catalog_vintage = $5, catalog_producer = $6, updated_at = $7,
-        claimed_by = $8, claimed_by_token = $9
-    WHERE id = $1
-      AND (match_status = 1
-           OR (match_status = 2 AND ($10 IS NULL OR claimed_by_token = $10)))";
+/// token an in-progress product must be claimed by (NULL: any, for an admin); `$11` = its
+/// store.
+pub static COMPLETE: LazyLock<OnProduct> = LazyLock::new(|| {
+    OnProduct::new(
+        "UPDATE products SET match_status = 3,
+             catalog_item_id = $2, catalog_kind = $3, catalog_name = $4,
+             catalog_vintage = $5, catalog_producer = $6, updated_at = $7,
+             claimed_by = $8, claimed_by_token = $9
+         WHERE {in_store}id = $1
+           AND (match_status = 1
+                OR (match_status = 2 AND ($10::bigint IS NULL OR claimed_by_token = $10)))",
+        "store_id = $11 AND ",
+    )
+});
 
 /// IN_PROGRESS -> PENDING. `$1` = product, `$2` = the token it must be claimed by (NULL:
-/// any, for an admin).
-pub const RELEASE: &str = "
-    UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL,
-        claimed_by_token = NULL
-    WHERE id = $1 AND match_status = 2 AND ($2 IS NULL OR claimed_by_token = $2)";
+/// any, for an admin); `$3` = its store.
+pub static RELEASE: LazyLock<OnProduct> = LazyLock::new(|| {
+    OnProduct::new(
+        "UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL,
+             claimed_by_token = NULL
+         WHERE {in_store}id = $1 AND match_status = 2
+           AND ($2::bigint IS NULL OR claimed_by_token = $2)",
+        "store_id = $3 AND ",
+    )
+});
 
 /// Whether any claim was made before `$1`: read first, so that no write (which waits for a
 /// running merge) is made when there is nothing to expire.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::{SqliteBackend, sql};
 use crate::store::{
     CatalogItemFields, Claimant, During, MatchQueueStore, PendingFilter, ProductFilter, ProductKey,
-    ProductReads, ProductRecord, StoreError,
+    ProductReads, ProductRecord, ProductRef, StoreError,
 };
 
 #[async_trait]
@@ -56,9 +56,13 @@ impl ProductReads for SqliteBackend {
             .during("listing products")
     }
 
-    async fn product_by_id(&self, product_id: i64) -> Result<Option<ProductRecord>, StoreError> {
+    async fn product_by_id(
+        &self,
+        product: ProductRef,
+    ) -> Result<Option<ProductRecord>, StoreError> {
         sqlx::query_as(sql::SELECT_PRODUCT_BY_ID)
-            .bind(product_id)
+            .bind(product.id)
+            .bind(product.store_id)
             .fetch_optional(&self.pool)
             .await
             .during("reading a product by id")
@@ -108,15 +112,16 @@ impl MatchQueueStore for SqliteBackend {
 
     async fn claim(
         &self,
-        product_id: i64,
+        product: ProductRef,
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
         let result = sqlx::query(sql::CLAIM)
-            .bind(product_id)
+            .bind(product.id)
             .bind(claimant.name)
             .bind(now)
             .bind(claimant.token_id)
+            .bind(product.store_id)
             .execute(&self.pool)
             .await
             .during("claiming a product")?;
@@ -125,13 +130,13 @@ impl MatchQueueStore for SqliteBackend {
 
     async fn complete(
         &self,
-        product_id: i64,
+        product: ProductRef,
         item: &CatalogItemFields<'_>,
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
         let result = sqlx::query(sql::COMPLETE)
-            .bind(product_id)
+            .bind(product.id)
             .bind(item.id)
             .bind(item.kind)
             .bind(item.name)
@@ -141,16 +146,22 @@ impl MatchQueueStore for SqliteBackend {
             .bind(claimant.name)
             .bind(claimant.token_id)
             .bind(claimant.required_owner())
+            .bind(product.store_id)
             .execute(&self.pool)
             .await
             .during("completing a match")?;
         Ok(result.rows_affected() == 1)
     }
 
-    async fn release(&self, product_id: i64, claimant: &Claimant<'_>) -> Result<bool, StoreError> {
+    async fn release(
+        &self,
+        product: ProductRef,
+        claimant: &Claimant<'_>,
+    ) -> Result<bool, StoreError> {
         let result = sqlx::query(sql::RELEASE)
-            .bind(product_id)
+            .bind(product.id)
             .bind(claimant.required_owner())
+            .bind(product.store_id)
             .execute(&self.pool)
             .await
             .during("releasing a claim")?;

@@ -28,13 +28,13 @@ use std::sync::LazyLock;
 /// Whether the database answers.
 pub const PING: &str = "SELECT 1";
 
-/// `$1` = the product's id.
+/// `$1` = the product's id, `$2` = its store (NULL: whichever).
 pub const SELECT_PRODUCT_BY_ID: &str = "
     SELECT p.id, p.store_id, p.external_id, p.barcodes, p.in_stock, p.price, p.name,
            p.unit_size, p.abv, p.proof, p.category, p.match_status, p.claimed_by,
            p.claimed_by_token, p.catalog_item_id, p.catalog_kind, p.catalog_name,
            p.catalog_vintage, p.catalog_producer, p.created_at, p.updated_at
-    FROM products p WHERE p.id = $1";
+    FROM products p WHERE p.id = $1 AND ($2 IS NULL OR p.store_id = $2)";
 
 /// `$1` = store, `$2` = external id.
 pub const SELECT_PRODUCT_BY_EXTERNAL_ID: &str = "
@@ -84,29 +84,31 @@ pub const SELECT_PENDING_PAGE: &str = "
     ORDER BY p.id LIMIT $5";
 
 /// PENDING -> IN_PROGRESS. `$1` = product, `$2` = who claims it (a token's name), `$3` =
-/// when, `$4` = the claiming token's id.
+/// when, `$4` = the claiming token's id, `$5` = the product's store (NULL: whichever).
 pub const CLAIM: &str = "
     UPDATE products SET match_status = 2, claimed_by = $2, claimed_at = $3, claimed_by_token = $4
-    WHERE id = $1 AND match_status = 1";
+    WHERE id = $1 AND ($5 IS NULL OR store_id = $5) AND match_status = 1";
 
 /// PENDING or IN_PROGRESS -> COMPLETE. `$1` = product, `$2`..`$6` = the catalog item, `$7`
 /// = when, `$8` = who matched it (a token's name), `$9` = that token's id, `$10` = the
-/// token an in-progress product must be claimed by (NULL: any, for an admin).
+/// token an in-progress product must be claimed by (NULL: any, for an admin), `$11` = the
+/// product's store (NULL: whichever).
 pub const COMPLETE: &str = "
     UPDATE products SET match_status = 3,
         catalog_item_id = $2, catalog_kind = $3, catalog_name = $4,
         catalog_vintage = $5, catalog_producer = $6, updated_at = $7,
         claimed_by = $8, claimed_by_token = $9
-    WHERE id = $1
+    WHERE id = $1 AND ($11 IS NULL OR store_id = $11)
       AND (match_status = 1
            OR (match_status = 2 AND ($10 IS NULL OR claimed_by_token = $10)))";
 
 /// IN_PROGRESS -> PENDING. `$1` = product, `$2` = the token it must be claimed by (NULL:
-/// any, for an admin).
+/// any, for an admin), `$3` = the product's store (NULL: whichever).
 pub const RELEASE: &str = "
     UPDATE products SET match_status = 1, claimed_by = NULL, claimed_at = NULL,
         claimed_by_token = NULL
-    WHERE id = $1 AND match_status = 2 AND ($2 IS NULL OR claimed_by_token = $2)";
+    WHERE id = $1 AND ($3 IS NULL OR store_id = $3)
+      AND match_status = 2 AND ($2 IS NULL OR claimed_by_token = $2)";
 
 /// Whether any claim was made before `$1`: read first, so that no write (which waits for a
 /// running merge) is made when there is nothing to expire.
