@@ -1,6 +1,6 @@
 //! Prometheus metrics, served as text on `/metrics` by `serve --metrics-listen ADDR`: syncs
-//! by outcome, products by kind of change, sync durations, what is in flight, and the
-//! database connection pool.
+//! by outcome, products by kind of change, sync durations, what is in flight, the
+//! database connection pools, and serialization retries.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,7 @@ struct Inner {
     syncs_in_flight: Gauge,
     products_in_flight: Gauge,
     connections: Family<ConnectionLabel, Gauge>,
+    serialization_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -89,8 +90,15 @@ impl Default for Metrics {
             "Connections of the database pools (syncs, requests), by state: in_use, idle",
             connections.clone(),
         );
+        let serialization_retries = Counter::default();
+        registry.register(
+            "serialization_retries",
+            "Transactions and statements run again after the database aborted them to keep concurrent work serializable (SQLSTATE 40001, 40P01)",
+            serialization_retries.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
+            serialization_retries,
             syncs,
             products,
             sync_seconds,
@@ -141,6 +149,9 @@ impl Metrics {
             gauge("in_use").set(i64::from(size.saturating_sub(idle)));
             gauge("idle").set(i64::from(idle));
         }
+        // The store counts them; the counter catches up.
+        let retries = &self.0.serialization_retries;
+        retries.inc_by(crate::store::serialization_retries().saturating_sub(retries.get()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.0.registry)
             .expect("writing to a String cannot fail");

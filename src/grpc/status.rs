@@ -58,6 +58,7 @@ fn sync_error_code(error: &SyncError) -> Code {
         SyncError::StreamFailed { .. } => Code::Unknown,
         SyncError::Idle(_) | SyncError::TooLong(_) => Code::DeadlineExceeded,
         SyncError::Store(error) if error.is_unavailable() => Code::Unavailable,
+        SyncError::Store(error) if error.is_contention() => Code::Aborted,
         // Its client saw the connection break.
         SyncError::ServerStopped => Code::Unavailable,
         SyncError::Store(_) | SyncError::Worker(_) => Code::Internal,
@@ -70,6 +71,7 @@ pub(crate) fn describe_sync_error(error: &SyncError) -> (i32, String) {
     let code = sync_error_code(error);
     let message = match error {
         SyncError::Store(error) if error.is_unavailable() => UNAVAILABLE.to_owned(),
+        SyncError::Store(error) if error.is_contention() => CONTENTION.to_owned(),
         SyncError::Store(_) | SyncError::Worker(_) => INTERNAL.to_owned(),
         error => error.to_string(),
     };
@@ -80,6 +82,8 @@ pub(crate) fn describe_sync_error(error: &SyncError) -> (i32, String) {
 }
 
 const UNAVAILABLE: &str = "the database is unavailable; retry later";
+const CONTENTION: &str = "the database kept aborting this to keep concurrent work serializable; \
+     nothing of it was applied: retry (a sync with the same idempotency key)";
 
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
@@ -118,6 +122,8 @@ impl From<StoreError> for Status {
 fn store_status(error: &StoreError) -> Status {
     if error.is_unavailable() {
         Status::unavailable(UNAVAILABLE)
+    } else if error.is_contention() {
+        Status::aborted(CONTENTION)
     } else {
         Status::internal(INTERNAL)
     }

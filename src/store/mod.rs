@@ -11,6 +11,7 @@ mod history;
 mod merge;
 mod postgres;
 mod records;
+mod retry;
 mod sqlite;
 mod tokens;
 mod unchanged;
@@ -24,6 +25,7 @@ pub use records::{
     CatalogItemFields, Claimant, PendingFilter, ProductFilter, ProductKey, ProductRecord,
     ProductRef, StagedProduct,
 };
+pub use retry::serialization_retries;
 pub use tokens::{NewToken, TokenRecord};
 
 use std::fmt;
@@ -59,6 +61,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database aborted the work to keep concurrent transactions serializable,
+    /// and went on doing so through every retry: the caller may run it again.
+    pub fn is_contention(&self) -> bool {
+        matches!(self, StoreError::Database { source, .. } if retry::is_serialization_failure(source))
+    }
+
     /// Whether the database could not be reached (as opposed to refusing a statement).
     pub fn is_unavailable(&self) -> bool {
         matches!(

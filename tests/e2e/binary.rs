@@ -193,28 +193,6 @@ async fn logs_are_json_lines_with_log_format_json() {
     assert!(terminate(child).await.success());
 }
 
-/// `GET /metrics` of the server at `address`, the body only.
-async fn scrape(address: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let mut connection = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    connection.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    connection.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-/// The value of the sample `name` in a Prometheus text body.
-fn sample(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in\n{body}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_syncs_by_outcome_and_products_by_change() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,13 +200,7 @@ async fn metrics_count_syncs_by_outcome_and_products_by_change() {
         dir.path(),
         &["--insecure-no-auth", "--metrics-listen", "127.0.0.1:0"],
     );
-    let metrics = served
-        .serving_line
-        .split("metrics=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the serving line names the metrics address")
-        .to_owned();
+    let metrics = metrics_address(&served);
 
     let mut client = InventorySyncClient::connect(served.endpoint.clone())
         .await

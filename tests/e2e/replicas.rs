@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use inventory_sync::pb;
 use inventory_sync::pb::inventory_sync_client::InventorySyncClient;
+use sqlx::Connection;
 use tonic::transport::Channel;
 
 use crate::support::*;
@@ -109,8 +110,43 @@ async fn clearing_syncs_of_one_store_through_two_server_processes_on_postgres_ru
     let Some((admin_url, name, url)) = create_postgres_database().await else {
         return;
     };
+    clearing_syncs_through_two_servers(&url).await;
+    drop_postgres_database(&admin_url, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_repeatable_read_clearing_syncs_through_two_servers_retry_and_run_one_after_the_other()
+ {
+    // As CockroachDB's serializable or YugabyteDB's snapshot isolation would: the second of
+    // two merges of a store fails with SQLSTATE 40001 once the first commits, and is run
+    // again.
+    let Some((admin_url, name, url)) = create_postgres_database().await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    let retries = clearing_syncs_through_two_servers(&url).await;
+    assert!(retries > 0, "no merge had to be run again");
+    drop_postgres_database(&admin_url, &name).await;
+}
+
+/// Runs [`clearing_syncs_serialize`] through two server processes on the PostgreSQL
+/// database `url`; returns how many serialization retries the two made.
+async fn clearing_syncs_through_two_servers(url: &str) -> u64 {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--insecure-no-auth", "--database-url", url.as_str()];
+    let args = [
+        "--insecure-no-auth",
+        "--database-url",
+        url,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
     let replica_one = serve_in(dir.path(), &args);
     let replica_two = serve_in(dir.path(), &args);
     let first = InventorySyncClient::connect(replica_one.endpoint.clone())
@@ -122,6 +158,7 @@ async fn clearing_syncs_of_one_store_through_two_server_processes_on_postgres_ru
 
     clearing_syncs_serialize(first, second).await;
 
+    let mut retries = 0;
     // Each stops cleanly after serving reads: its point readers give their connections back.
     for replica in [&replica_one, &replica_two] {
         let mut client = InventorySyncClient::connect(replica.endpoint.clone())
@@ -129,8 +166,9 @@ async fn clearing_syncs_of_one_store_through_two_server_processes_on_postgres_ru
             .unwrap();
         let product = get(&mut client, 7_000, "c").await.unwrap();
         assert_eq!(product.external_id, "c");
+        retries += metric(replica, "inventory_sync_serialization_retries_total").await;
     }
     assert!(terminate(replica_one.child).await.success());
     assert!(terminate(replica_two.child).await.success());
-    drop_postgres_database(&admin_url, &name).await;
+    retries
 }

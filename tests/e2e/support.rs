@@ -791,3 +791,43 @@ impl TestServer {
             .to_string()
     }
 }
+
+// ---- metrics ----
+
+/// The address of a server's metrics, as its serving line names it.
+pub fn metrics_address(served: &Served) -> String {
+    served
+        .serving_line
+        .split("metrics=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the serving line names the metrics address")
+        .to_owned()
+}
+
+/// The value of counter `name` on a server's metrics now.
+pub async fn metric(served: &Served, name: &str) -> u64 {
+    sample(&scrape(&metrics_address(served)).await, name) as u64
+}
+
+/// `GET /metrics` of the server at `address`, the body only.
+pub async fn scrape(address: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut connection = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    connection.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// The value of the sample `name` in a Prometheus text body.
+pub fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{body}"))
+        .parse()
+        .unwrap()
+}

@@ -2,13 +2,15 @@
 //! against the stored ones, write, count, and commit (or roll back for a dry run, an
 //! abandoned sync or a refusal), all in one transaction that holds the store's row lock.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::sql;
 use super::staging::{PostgresStaging, batch_conflicts, drop_marks};
 use crate::product::SyncKey;
 use crate::store::merge::{Attempt, SKIP_ROUND, StoredConflictRows, one_per_product};
-use crate::store::{MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest, sql_limit};
+use crate::store::{
+    MASS_CLEAR_FLOOR, MergeCounts, MergeOutcome, MergeRequest, RunOutcome, sql_limit,
+};
 
 impl PostgresStaging {
     /// One attempt at the merge transaction.
@@ -262,7 +264,17 @@ impl PostgresStaging {
                 .bind(store_id)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
+            if let Err(error) = tx.commit().await {
+                // The connection broke while the commit was on its way: whether it
+                // committed is in the run's record, which it wrote. Settled before the
+                // caller may retry, so that a sync never applies twice.
+                if !matches!(error, sqlx::Error::Io(_))
+                    || !run_committed(&self.pool, store_id, &run.sync_id).await?
+                {
+                    return Err(error);
+                }
+                tracing::warn!(%error, "the connection broke at the commit, which went through");
+            }
         }
         Ok(Attempt::Finished(MergeOutcome::Applied {
             counts: MergeCounts {
@@ -274,6 +286,16 @@ impl PostgresStaging {
             skipped,
         }))
     }
+}
+
+/// Whether sync `sync_id`'s merge committed, read on a connection of its own.
+async fn run_committed(pool: &PgPool, store_id: i64, sync_id: &str) -> Result<bool, sqlx::Error> {
+    let outcome: Option<i32> = sqlx::query_scalar(sql::SYNC_RUN_OUTCOME)
+        .bind(store_id)
+        .bind(sync_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(outcome == Some(RunOutcome::Committed.code()))
 }
 
 /// Turns staged product `index` into a skipped one: it writes nothing, and neither do its

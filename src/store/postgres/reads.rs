@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use super::{PostgresBackend, sql};
+use crate::store::retry::retrying;
 use crate::store::{
     CatalogItemFields, Claimant, During, MatchQueueStore, PendingFilter, ProductFilter, ProductKey,
     ProductReads, ProductRecord, ProductRef, StoreError,
@@ -98,15 +99,16 @@ impl MatchQueueStore for PostgresBackend {
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let query = sqlx::query(sql::CLAIM.for_store(product.store_id))
-            .bind(product.id)
-            .bind(claimant.name)
-            .bind(now)
-            .bind(claimant.token_id);
-        let result = in_store(query, product.store_id)
-            .execute(&self.pool)
-            .await
-            .during("claiming a product")?;
+        let result = retrying(|| {
+            let query = sqlx::query(sql::CLAIM.for_store(product.store_id))
+                .bind(product.id)
+                .bind(claimant.name)
+                .bind(now)
+                .bind(claimant.token_id);
+            in_store(query, product.store_id).execute(&self.pool)
+        })
+        .await
+        .during("claiming a product")?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -117,21 +119,22 @@ impl MatchQueueStore for PostgresBackend {
         claimant: &Claimant<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let query = sqlx::query(sql::COMPLETE.for_store(product.store_id))
-            .bind(product.id)
-            .bind(item.id)
-            .bind(item.kind)
-            .bind(item.name)
-            .bind(item.vintage)
-            .bind(item.producer)
-            .bind(now)
-            .bind(claimant.name)
-            .bind(claimant.token_id)
-            .bind(claimant.required_owner());
-        let result = in_store(query, product.store_id)
-            .execute(&self.pool)
-            .await
-            .during("completing a match")?;
+        let result = retrying(|| {
+            let query = sqlx::query(sql::COMPLETE.for_store(product.store_id))
+                .bind(product.id)
+                .bind(item.id)
+                .bind(item.kind)
+                .bind(item.name)
+                .bind(item.vintage)
+                .bind(item.producer)
+                .bind(now)
+                .bind(claimant.name)
+                .bind(claimant.token_id)
+                .bind(claimant.required_owner());
+            in_store(query, product.store_id).execute(&self.pool)
+        })
+        .await
+        .during("completing a match")?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -140,13 +143,14 @@ impl MatchQueueStore for PostgresBackend {
         product: ProductRef,
         claimant: &Claimant<'_>,
     ) -> Result<bool, StoreError> {
-        let query = sqlx::query(sql::RELEASE.for_store(product.store_id))
-            .bind(product.id)
-            .bind(claimant.required_owner());
-        let result = in_store(query, product.store_id)
-            .execute(&self.pool)
-            .await
-            .during("releasing a claim")?;
+        let result = retrying(|| {
+            let query = sqlx::query(sql::RELEASE.for_store(product.store_id))
+                .bind(product.id)
+                .bind(claimant.required_owner());
+            in_store(query, product.store_id).execute(&self.pool)
+        })
+        .await
+        .during("releasing a claim")?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -159,11 +163,13 @@ impl MatchQueueStore for PostgresBackend {
         if expired == 0 {
             return Ok(0);
         }
-        let result = sqlx::query(sql::EXPIRE_CLAIMS)
-            .bind(claimed_before)
-            .execute(&self.pool)
-            .await
-            .during("expiring claims")?;
+        let result = retrying(|| {
+            sqlx::query(sql::EXPIRE_CLAIMS)
+                .bind(claimed_before)
+                .execute(&self.pool)
+        })
+        .await
+        .during("expiring claims")?;
         Ok(result.rows_affected())
     }
 }

@@ -308,6 +308,9 @@ pub const SELECT_SYNC_RUN: &str = "
            token_name, replay_of
     FROM sync_runs WHERE store_id = $2 AND id = $1";
 
+/// The outcome recorded of run `$2` of store `$1`.
+pub const SYNC_RUN_OUTCOME: &str = "SELECT outcome FROM sync_runs WHERE store_id = $1 AND id = $2";
+
 /// `$1` = store, `$2` = the run before which the page starts (NULL: the newest), `$3` =
 /// page size.
 pub const SELECT_SYNC_RUNS_PAGE: &str = "

@@ -18,6 +18,7 @@ use super::merge::skip_staged_product;
 use super::sql;
 use crate::product::SyncKey;
 use crate::store::merge::{Attempt, SKIP_ROUND, batch_conflicts_from_rows, one_per_product};
+use crate::store::retry;
 use crate::store::unchanged::{self, FoundProducts, StagingTarget, StoredFields, StoredMatch};
 use crate::store::{
     BatchConflict, During, MergeOutcome, MergeRequest, StagedProduct, Staging, StoreError,
@@ -372,19 +373,25 @@ impl Staging for PostgresStaging {
                 return Ok(MergeOutcome::Conflicts(conflicts));
             }
         }
+        let mut attempt = 1;
         loop {
-            match self
-                .attempt(request, abandoned)
-                .await
-                .during("merging a sync")?
-            {
-                Attempt::Finished(outcome) => return Ok(outcome),
-                Attempt::CheckBatchFirst => {
+            match self.attempt(request, abandoned).await {
+                Ok(Attempt::Finished(outcome)) => return Ok(outcome),
+                Ok(Attempt::CheckBatchFirst) => {
                     let conflicts = self.batch_conflicts(request.max_conflicts).await?;
                     if !conflicts.is_empty() {
                         return Ok(MergeOutcome::Conflicts(conflicts));
                     }
                 }
+                // The transaction was rolled back whole; the staged rows are as they were.
+                Err(error)
+                    if retry::is_serialization_failure(&error) && attempt < retry::MAX_ATTEMPTS =>
+                {
+                    tracing::info!(%error, attempt, "the merge lost a serialization conflict; running it again");
+                    retry::pause_before(attempt).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error).during("merging a sync"),
             }
         }
     }
