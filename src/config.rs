@@ -190,6 +190,19 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub request_connections: u32,
 
+    /// A read replica of the PostgreSQL database (repeat for several): GetProduct,
+    /// ListProducts, ListPending and ListSyncRuns are sent to the replicas in turn (one
+    /// that does not answer is left out for a while; the primary answers when none does).
+    /// A replica answers what it has replayed so far: a sync committed within its lag may
+    /// not show yet. Everything a sync or the queue's transitions need stays on the primary.
+    #[arg(
+        long = "read-database-url",
+        env = "INVENTORY_SYNC_READ_DATABASE_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub read_database_urls: Vec<DatabaseUrl>,
+
     /// How long a token checked against the database is taken as valid before it is
     /// checked again: a revoked token is refused by every server within this time (e.g.
     /// "1s"; "0s" checks on every call). Syncs are checked again before they commit.

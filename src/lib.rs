@@ -32,6 +32,7 @@ pub mod pb;
 pub mod product;
 pub mod push;
 pub mod quote;
+pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -12,7 +12,7 @@ use inventory_sync::config::{
 };
 use inventory_sync::metrics::{self, Metrics};
 use inventory_sync::server::{self, AppState, Databases};
-use inventory_sync::store::Database;
+use inventory_sync::store::{Database, DatabaseUrl};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -101,8 +101,20 @@ async fn open(database: &DatabaseArgs) -> Result<Database, Failure> {
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let limits = args.limits.sync_limits();
+    let on_postgres = |url: &DatabaseUrl| matches!(url, DatabaseUrl::Postgres(_));
+    let replicas_of_postgres = args.read_database_urls.is_empty()
+        || (on_postgres(&args.database.database_url)
+            && args.read_database_urls.iter().all(on_postgres));
+    if !replicas_of_postgres {
+        return Err(
+            "--read-database-url takes replicas of a PostgreSQL --database-url, \
+                    each a postgres:// URL"
+                .into(),
+        );
+    }
     let databases = Databases::open(
         &args.database.database_url,
+        &args.read_database_urls,
         &limits,
         args.request_connections,
     )
@@ -145,6 +157,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         database = %args.database.database_url,
         tls = tls.is_some(),
         metrics = %metrics_address,
+        read_replicas = args.read_database_urls.len(),
         "inventory-sync is serving"
     );
     let state = AppState {

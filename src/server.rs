@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySyncServer;
 use crate::pb::match_queue_server::MatchQueueServer;
+use crate::replicas::ReplicaReads;
 use crate::store::{Database, DatabaseUrl, PoolSettings, StoreError};
 use crate::sync::{SyncEngine, SyncLimits, reap_silent_runs};
 
@@ -31,6 +32,8 @@ pub struct Databases {
     pub syncs: Database,
     /// Every other call.
     pub requests: Database,
+    /// Read replicas, for the reads that may lag (see `replicas.rs`).
+    pub replicas: Vec<Database>,
 }
 
 /// How often expired claims are made pending for every reader; the queue's own calls
@@ -56,9 +59,11 @@ const SYNC_POOL_HEADROOM: u32 = 2;
 
 impl Databases {
     /// Opens both pools on `url` and runs the migrations once: the sync pool sized for
-    /// `limits.max_concurrent_syncs`, the request pool with `request_connections`.
+    /// `limits.max_concurrent_syncs`, the request pool with `request_connections`; and a
+    /// pool of `request_connections` for each read replica, which connects when first used.
     pub async fn open(
         url: &DatabaseUrl,
+        replica_urls: &[DatabaseUrl],
         limits: &SyncLimits,
         request_connections: u32,
     ) -> Result<Self, StoreError> {
@@ -70,14 +75,30 @@ impl Databases {
                     .saturating_mul(url.connections_per_sync() + 1)
                     .saturating_add(SYNC_POOL_HEADROOM),
                 run_migrations: true,
+                connect_lazily: false,
             },
         )
         .await?;
+        let mut replicas = Vec::with_capacity(replica_urls.len());
+        for replica_url in replica_urls {
+            replicas.push(
+                Database::connect_with(
+                    replica_url,
+                    PoolSettings {
+                        max_connections: request_connections.max(1),
+                        run_migrations: false,
+                        connect_lazily: true,
+                    },
+                )
+                .await?,
+            );
+        }
         // An in-memory database exists once per pool: both pools must be the same one.
         if url.is_in_memory() {
             return Ok(Databases {
                 requests: syncs.clone(),
                 syncs,
+                replicas,
             });
         }
         let requests = Database::connect_with(
@@ -85,16 +106,24 @@ impl Databases {
             PoolSettings {
                 max_connections: request_connections.max(1),
                 run_migrations: false,
+                connect_lazily: false,
             },
         )
         .await?;
-        Ok(Databases { syncs, requests })
+        Ok(Databases {
+            syncs,
+            requests,
+            replicas,
+        })
     }
 
-    /// Closes every connection of both pools.
+    /// Closes every connection of every pool.
     pub async fn close(&self) {
         self.syncs.close().await;
         self.requests.close().await;
+        for replica in &self.replicas {
+            replica.close().await;
+        }
     }
 }
 
@@ -132,7 +161,12 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let Databases { syncs, requests } = state.databases.clone();
+    let Databases {
+        syncs,
+        requests,
+        replicas,
+    } = state.databases.clone();
+    let reads = ReplicaReads::new(requests.clone(), replicas);
     let engine = SyncEngine::new(
         syncs.clone(),
         state.activity.clone(),
@@ -142,13 +176,13 @@ pub async fn run(
     );
     let inventory = InventorySyncServer::new(InventoryService::new(
         engine,
-        requests.clone(),
+        reads.clone(),
         state.auth.clone(),
         state.max_message_bytes,
     ))
     .max_decoding_message_size(state.max_message_bytes);
     let match_queue_service =
-        MatchQueueService::new(requests.clone(), state.auth.clone(), state.claim_ttl);
+        MatchQueueService::new(requests.clone(), reads, state.auth.clone(), state.claim_ttl);
     let claim_expiry = tokio::spawn(
         match_queue_service
             .queue()
@@ -288,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn an_in_memory_database_is_one_database_for_both_pools() {
         let url: DatabaseUrl = "sqlite::memory:".parse().unwrap();
-        let databases = Databases::open(&url, &SyncLimits::default(), 2)
+        let databases = Databases::open(&url, &[], &SyncLimits::default(), 2)
             .await
             .unwrap();
         let token = auth::create_token(&databases.syncs, "t", &Role::Admin)

@@ -11,7 +11,8 @@ use crate::auth::Authenticator;
 use crate::pb;
 use crate::pb::inventory_sync_server::InventorySync;
 use crate::quote::quoted;
-use crate::store::{Database, ProductFilter, ProductKey};
+use crate::replicas::ReplicaReads;
+use crate::store::{ProductFilter, ProductKey};
 use crate::sync::{
     MAX_EXTERNAL_ID_CHARS, Sender, SyncEngine, SyncError, SyncOptions, SyncSession, Violation,
     check_text,
@@ -22,8 +23,8 @@ use crate::sync::{
 pub struct InventoryService {
     engine: SyncEngine,
     /// Reads go to a pool of their own, so that syncs holding every connection of theirs
-    /// never keep a read waiting.
-    reads: Database,
+    /// never keep a read waiting, or to read replicas.
+    reads: ReplicaReads,
     auth: Authenticator,
     /// Largest message accepted, for the error that names it.
     max_message_bytes: usize,
@@ -32,7 +33,7 @@ pub struct InventoryService {
 impl InventoryService {
     pub fn new(
         engine: SyncEngine,
-        reads: Database,
+        reads: ReplicaReads,
         auth: Authenticator,
         max_message_bytes: usize,
     ) -> Self {
@@ -149,13 +150,17 @@ impl InventorySync for InventoryService {
                 }
             },
         };
+        let store_id = request.store_id;
         let mut runs = self
             .reads
-            .sync_runs_page(
-                request.store_id,
-                before.as_deref(),
-                i64::from(page_size) + 1,
-            )
+            .read(|database| {
+                let before = before.clone();
+                async move {
+                    database
+                        .sync_runs_page(store_id, before.as_deref(), i64::from(page_size) + 1)
+                        .await
+                }
+            })
             .await?;
         let next_page_token = if runs.len() > page_size as usize {
             runs.truncate(page_size as usize);
@@ -195,7 +200,15 @@ impl InventorySync for InventoryService {
                 ));
             }
         };
-        match self.reads.product(request.store_id, &key).await? {
+        let store_id = request.store_id;
+        let found = self
+            .reads
+            .read(|database| {
+                let key = key.clone();
+                async move { database.product(store_id, &key).await }
+            })
+            .await?;
+        match found {
             Some(record) => Ok(Response::new(record.into())),
             None => {
                 let (field, value) = match &key {
@@ -237,12 +250,19 @@ impl InventorySync for InventoryService {
             updated_since: request.updated_since.as_ref().map(micros_from_timestamp),
         };
 
-        let database = self.reads.clone();
+        let reads = self.reads.clone();
         let span = tracing::info_span!("list_products", store_id = request.store_id);
         Ok(Response::new(stream_pages(span, move |after_id| {
-            let database = database.clone();
+            let reads = reads.clone();
             let filter = filter.clone();
-            async move { database.products_page(&filter, after_id, PAGE_SIZE).await }
+            async move {
+                reads
+                    .read(|database| {
+                        let filter = filter.clone();
+                        async move { database.products_page(&filter, after_id, PAGE_SIZE).await }
+                    })
+                    .await
+            }
         })))
     }
 }

@@ -9,21 +9,28 @@ use crate::auth::{Authenticator, Principal};
 use crate::matching::{CatalogItem, MatchError, MatchQueue};
 use crate::pb;
 use crate::pb::match_queue_server;
+use crate::replicas::ReplicaReads;
 use crate::store::{Database, PendingFilter, ProductRef};
 
 /// Serves the matching queue of one database.
 #[derive(Debug, Clone)]
 pub struct MatchQueueService {
     queue: MatchQueue,
-    database: Database,
+    /// The listing, which a read replica may answer; the transitions read the primary.
+    reads: ReplicaReads,
     auth: Authenticator,
 }
 
 impl MatchQueueService {
-    pub fn new(database: Database, auth: Authenticator, claim_ttl: std::time::Duration) -> Self {
+    pub fn new(
+        database: Database,
+        reads: ReplicaReads,
+        auth: Authenticator,
+        claim_ttl: std::time::Duration,
+    ) -> Self {
         MatchQueueService {
-            queue: MatchQueue::new(database.clone(), claim_ttl),
-            database,
+            queue: MatchQueue::new(database, claim_ttl),
+            reads,
             auth,
         }
     }
@@ -73,12 +80,19 @@ impl match_queue_server::MatchQueue for MatchQueueService {
             category: request.category,
             include_in_progress: request.include_in_progress,
         };
-        let database = self.database.clone();
+        let reads = self.reads.clone();
         let span = tracing::info_span!("list_pending", store_id = request.store_id);
         Ok(Response::new(stream_pages(span, move |after_id| {
-            let database = database.clone();
+            let reads = reads.clone();
             let filter = filter.clone();
-            async move { database.pending_page(&filter, after_id, PAGE_SIZE).await }
+            async move {
+                reads
+                    .read(|database| {
+                        let filter = filter.clone();
+                        async move { database.pending_page(&filter, after_id, PAGE_SIZE).await }
+                    })
+                    .await
+            }
         })))
     }
 

@@ -168,6 +168,11 @@ pub struct PoolSettings {
     /// Run the backend's migrations first (once per process is enough; they are
     /// serialized across processes).
     pub run_migrations: bool,
+    /// Open no connection until one is needed (PostgreSQL): a database that is down then
+    /// fails the calls that need it, not the start, and a call gives up on a connection
+    /// after a second instead of five. For read replicas, which have the primary behind
+    /// them.
+    pub connect_lazily: bool,
 }
 
 impl Default for PoolSettings {
@@ -175,6 +180,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 16,
             run_migrations: true,
+            connect_lazily: false,
         }
     }
 }

@@ -150,9 +150,33 @@ fn help_lists_the_serve_subcommand_and_its_flags() {
         .output()
         .unwrap();
     let help = String::from_utf8(output.stdout).unwrap();
-    for flag in ["--listen", "LISTEN_ADDR", "--database-url", "DATABASE_URL"] {
+    for flag in [
+        "--listen",
+        "LISTEN_ADDR",
+        "--database-url",
+        "DATABASE_URL",
+        "--read-database-url",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+}
+
+#[test]
+fn read_replicas_are_refused_for_a_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_inventory-sync"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-no-auth"])
+        .args(["--database-url", "local.db"])
+        .args([
+            "--read-database-url",
+            "postgres://postgres@127.0.0.1:5433/x",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--read-database-url"), "{stderr}");
 }
 
 #[tokio::test]

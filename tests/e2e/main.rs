@@ -22,6 +22,7 @@ mod reads;
 mod replicas;
 mod schema;
 mod serving;
+mod standby;
 mod sync_counts;
 mod tls;
 mod validation;

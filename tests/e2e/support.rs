@@ -145,7 +145,7 @@ impl TestServer {
         sqlite_dir: Option<tempfile::TempDir>,
         postgres_database: Option<(String, String)>,
     ) -> TestServer {
-        let databases = Databases::open(&url, &config.limits, config.request_connections)
+        let databases = Databases::open(&url, &[], &config.limits, config.request_connections)
             .await
             .expect("connect to the test database");
         let database = databases.requests.clone();

@@ -29,6 +29,9 @@ use crate::product::SyncKey;
 /// How long a call waits for a free connection: a database that cannot be reached answers
 /// UNAVAILABLE soon, not after 30 s.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for a pool that connects lazily: a read replica, which the primary stands in
+/// for when it cannot be reached.
+const LAZY_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most tasks that read single products (see `point_reads.rs`): each holds a connection
 /// while its query runs.
@@ -43,15 +46,22 @@ pub(super) struct PostgresBackend {
 
 impl PostgresBackend {
     pub(super) async fn connect(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
+        let options = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             // A ping before every use would double the round trips of a read; a connection
             // that broke fails its next statement instead, and is dropped.
             .test_before_acquire(false)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
-            .await
-            .during("connecting to PostgreSQL")?;
+            .acquire_timeout(if settings.connect_lazily {
+                LAZY_ACQUIRE_TIMEOUT
+            } else {
+                ACQUIRE_TIMEOUT
+            });
+        let pool = if settings.connect_lazily {
+            options.connect_lazy(url)
+        } else {
+            options.connect(url).await
+        }
+        .during("connecting to PostgreSQL")?;
         if settings.run_migrations {
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         }
