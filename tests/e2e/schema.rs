@@ -72,7 +72,7 @@ async fn every_key_of_a_table_of_store_data_includes_its_store() {
              FROM pg_constraint k
              JOIN pg_class c ON c.oid = k.conrelid
              JOIN pg_namespace s ON s.oid = c.relnamespace
-             LEFT JOIN pg_class r ON r.oid = k.confrelid
+             LEFT JOIN pg_class r ON r.oid = COALESCE(pg_partition_root(k.confrelid), k.confrelid)
              WHERE s.nspname = 'public' AND k.contype IN ('p', 'u', 'f')",
     )
     .fetch_all(&mut connection)

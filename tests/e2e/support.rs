@@ -323,7 +323,29 @@ pub async fn create_postgres_database() -> Option<(String, String, String)> {
     let _ = admin.close().await;
     let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
     url.set_path(&name);
-    Some((admin_url, name, url.to_string()))
+    let url = url.to_string();
+    if std::env::var("TEST_POSTGRES_LAYOUT").is_ok_and(|layout| layout == "partitioned") {
+        partition_by_store(&url).await;
+    }
+    Some((admin_url, name, url))
+}
+
+/// Migrates the fresh database `url` and hash-partitions its tables of store data by store,
+/// as `scripts/partition_postgres_by_store.sql` tells an operator to.
+async fn partition_by_store(url: &str) {
+    let parsed: inventory_sync::store::DatabaseUrl = url.parse().expect("a PostgreSQL URL");
+    inventory_sync::store::Database::connect(&parsed)
+        .await
+        .expect("migrate the test database")
+        .close()
+        .await;
+    let script = include_str!("../../scripts/partition_postgres_by_store.sql");
+    let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(script)
+        .execute(&mut connection)
+        .await
+        .expect("partition the test database by store");
+    let _ = connection.close().await;
 }
 
 pub async fn drop_postgres_database(admin_url: &str, name: &str) {

@@ -8,6 +8,8 @@
 mod copy_text;
 mod history;
 mod merge;
+#[cfg(test)]
+mod partitions_test;
 mod point_reads;
 mod reads;
 mod sql;

@@ -151,7 +151,7 @@ pub const SELECT_PRODUCTS_PAGE: &str = "
     WHERE p.store_id = $1 AND p.id > $2
       AND ($3 = 0 OR p.match_status = $3)
       AND ($4 = FALSE OR p.in_stock > 0)
-      AND ($5 IS NULL OR p.updated_at >= $5)
+      AND ($5::bigint IS NULL OR p.updated_at >= $5)
     ORDER BY p.id LIMIT $6";
 
 // ---- the matching queue ----
@@ -319,7 +319,7 @@ pub const SELECT_SYNC_RUNS_PAGE: &str = "
            status_message, received, created, updated, unchanged, cleared, linked, rejected,
            token_name, replay_of
     FROM sync_runs
-    WHERE store_id = $1 AND ($2 IS NULL OR id < $2)
+    WHERE store_id = $1 AND ($2::text IS NULL OR id < $2)
     ORDER BY id DESC LIMIT $3";
 
 // ---- staging ----
@@ -379,7 +379,7 @@ pub const TRUNCATE_STAGING: &str = "TRUNCATE staged_products, staged_barcodes";
 /// The store's sync generation, and whether it has products at all. Read when an upload
 /// begins; a store that is missing is at generation 0 and empty.
 pub const STAGING_START: &str = "
-    SELECT s.sync_generation, EXISTS (SELECT 1 FROM products p WHERE p.store_id = s.id)
+    SELECT s.sync_generation, EXISTS (SELECT 1 FROM products p WHERE p.store_id = $1)
     FROM stores s WHERE s.id = $1";
 
 /// The staged rows of a whole upload, in `COPY` text format.
